@@ -48,7 +48,7 @@ def parse_value(cls, key: str, raw):
         if kind is dict:
             return json.loads(raw)
     except ValueError as exc:
-        raise ValueError(f"{key} must be a {getattr(kind, '__name__', kind)}, got {raw!r}") from exc
+        raise ValueError(f"{key} must be of type {getattr(kind, '__name__', kind)}, got {raw!r}") from exc
     return raw
 
 

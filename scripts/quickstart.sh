@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The main job on a fresh machine: set up, then train the tutorial's network on MNIST and write its report.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+.venv/bin/digitlab train --model seed-ann --out runs/quickstart-seed-ann "$@"
