@@ -1,0 +1,320 @@
+"""Turn real images into MNIST digits: one implementation for `predict`, the web server and the tests.
+
+    gray = read_image_file("photo_of_a_7.jpg")   # (H, W) float32, 0 = black, 1 = white
+    x = to_mnist(gray)                            # (28, 28) float32 in [0, 1], ink bright on black
+    x = from_pixels(json_pixels)                  # an array that is already a 28x28 MNIST digit
+    digits = read_npy("digits.npy")               # (28, 28) or (n, 28, 28), already MNIST digits
+    png = to_png_bytes(x, scale=8)                # what the model sees, as a 224x224 preview
+
+`to_mnist` follows LeCun's recipe for MNIST: ink made bright on black, cropped to its bounding
+box, the box's longer side scaled to 20 px with anti-aliasing (aspect ratio kept), then placed in a
+28x28 field so that the centre of mass of the pixels lands on the centre, (14, 14) in array
+indices, where MNIST's own digits have it (mean over the test set: (13.99, 14.00)).
+
+Every bad input raises a subclass of `InputImageError` (a ValueError) whose message says what is
+wrong and what to do; callers show it as is.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+from scipy import ndimage
+
+SIZE = 28  # MNIST field, pixels
+DIGIT_BOX = 20  # longer side of the digit's bounding box inside the field, pixels (LeCun)
+CENTRE = (14.0, 14.0)  # (row, col) where MNIST's centre of mass sits, in array indices
+
+MAX_BYTES = 20 * 1024 * 1024  # an image file larger than this is refused before decoding
+# Refused before decoding: 50 MP admits 48-MP phone photos (8000x6000) and keeps a decoded RGBA
+# image under 200 MB; it is below Pillow's own bomb limit (89 MP), so ours is the one that fires.
+MAX_PIXELS = 50_000_000
+WORK_MAX_SIDE = 2048  # decoded images are shrunk to this longer side: the digit ends up 20 px anyway
+MAX_NPY_DIGITS = 100_000  # digits in one .npy file (about 300 MB as float32)
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")  # Pillow decoders we let near user bytes
+
+# Ink detection, as fractions of the ink's contrast against the background (0 = background, 1 = ink).
+MIN_INK_CONTRAST = 0.12  # below this (on a 0..1 scale) the image counts as blank
+NOISE_FLOOR = 0.15  # fainter than this is background: paper texture, JPEG noise, shadows
+INK_FULL = 0.85  # at least this dark (or bright) is full-strength ink, as MNIST's saturated strokes
+SPECK_FRACTION = 0.02  # blobs with less ink than this fraction of the largest blob are dust, not digit
+BORDER_FRACTION = 0.05  # width of the frame whose median is taken as the background colour
+
+
+class InputImageError(ValueError):
+    """The input can't be turned into a digit; the message names the problem and the fix."""
+
+
+class NotAnImageError(InputImageError):
+    pass
+
+
+class ImageTooLargeError(InputImageError):
+    pass
+
+
+class NoInkError(InputImageError):
+    pass
+
+
+class BadArrayError(InputImageError):
+    pass
+
+
+# ---------------------------------------------------------------- reading images
+
+def read_image_file(path: str | Path) -> np.ndarray:
+    """Read an image file as (H, W) float32 grayscale, 0 = black, 1 = white. OSError if unreadable."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size > MAX_BYTES:  # checked before reading, so a huge file never reaches memory
+        raise ImageTooLargeError(_too_many_bytes(size))
+    return read_image_bytes(path.read_bytes())
+
+
+def read_image_bytes(data: bytes) -> np.ndarray:
+    """Decode PNG/JPEG/BMP/GIF/WebP/TIFF bytes to (H, W) float32 grayscale, 0 = black, 1 = white.
+
+    The first frame of an animation is used, EXIF orientation is applied, and transparency is
+    composited onto a background that contrasts with the visible strokes (so black strokes on a
+    transparent PNG read as ink, and so do white ones). Images whose longer side exceeds
+    WORK_MAX_SIDE are shrunk to it with area averaging.
+    """
+    if len(data) > MAX_BYTES:
+        raise ImageTooLargeError(_too_many_bytes(len(data)))
+    if not data:
+        raise NotAnImageError("the file is empty: expected a PNG, JPEG, BMP, GIF, WebP or TIFF image")
+    try:
+        # open() reads only the header; the pixels are decoded by load() below, after the size check.
+        im = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(f"{exc}; refusing to decode it (a decompression bomb?)") from None
+    except Image.UnidentifiedImageError:
+        raise NotAnImageError(
+            f"not an image Pillow can read (starts with {data[:8]!r}): use a PNG, JPEG, BMP, GIF, WebP "
+            f"or TIFF file, or a .npy array of 28x28 digits") from None
+    except Exception as exc:  # malformed headers make decoders raise all kinds of errors
+        raise NotAnImageError(f"corrupt {_kind(data)} header ({exc}): re-export or re-save the image") from None
+    width, height = im.size
+    if width * height > MAX_PIXELS:
+        raise ImageTooLargeError(
+            f"image is {width}x{height} = {width * height / 1e6:.0f} megapixels, over the limit of "
+            f"{MAX_PIXELS / 1e6:.0f}: shrink it (a digit needs only a few hundred pixels)")
+    if width == 0 or height == 0:
+        raise NotAnImageError(f"image has no pixels ({width}x{height})")
+    if im.format == "JPEG":
+        # Let libjpeg decode at 1/2, 1/4 or 1/8 scale: big photos decode fast and small.
+        im.draft(im.mode, (WORK_MAX_SIDE, WORK_MAX_SIDE))
+    try:
+        im.load()
+        im = _upright(im)
+        return _to_gray(im)
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(f"{exc}; refusing to decode it") from None
+    except Exception as exc:  # truncated or corrupt data: Pillow raises OSError, SyntaxError, ValueError...
+        raise NotAnImageError(
+            f"corrupt or truncated {im.format or 'image'} data ({exc}): re-export or re-save the image") from None
+
+
+def _too_many_bytes(n: int) -> str:
+    return (f"file is {n / 2**20:.1f} MiB, over the limit of {MAX_BYTES / 2**20:.0f} MiB: "
+            f"shrink or crop the image around the digit")
+
+
+def _kind(data: bytes) -> str:
+    return "PNG" if data.startswith(b"\x89PNG") else "JPEG" if data.startswith(b"\xff\xd8") else "image"
+
+
+def _upright(im: Image.Image) -> Image.Image:
+    try:
+        return ImageOps.exif_transpose(im)
+    except Exception:  # a broken EXIF block should not cost the user the image: keep it as stored
+        return im
+
+
+def _to_gray(im: Image.Image) -> np.ndarray:
+    if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):  # 16-bit PNG/TIFF, float TIFF
+        a = np.asarray(im, dtype=np.float32)
+        top = 1.0 if im.mode == "F" else 255.0 if a.max(initial=0) <= 255 else 65535.0
+        gray = Image.fromarray(np.clip(a / top, 0, 1).astype(np.float32))
+        return np.asarray(_shrink(gray), dtype=np.float32)
+    if im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in im.info:
+        return _composite(_shrink(im.convert("RGBA")))
+    # "1" and "P" are converted first: Pillow resizes them with nearest-neighbour only.
+    return np.asarray(_shrink(im.convert("L")), dtype=np.float32) / 255.0
+
+
+def _shrink(im: Image.Image) -> Image.Image:
+    w, h = im.size
+    if max(w, h) <= WORK_MAX_SIDE:
+        return im
+    k = WORK_MAX_SIDE / max(w, h)
+    # BOX = area averaging; Pillow premultiplies alpha for RGBA, so transparent pixels don't bleed.
+    return im.resize((max(1, round(w * k)), max(1, round(h * k))), Image.Resampling.BOX)
+
+
+def _composite(rgba: Image.Image) -> np.ndarray:
+    lum = np.asarray(rgba.convert("L"), dtype=np.float32) / 255.0  # RGBA -> L ignores alpha
+    alpha = np.asarray(rgba.getchannel("A"), dtype=np.float32) / 255.0
+    visible = float(alpha.sum())
+    if visible == 0:
+        return np.ones_like(lum)  # fully transparent: blank, to_mnist will say so
+    # Put the strokes on a background of the opposite shade: black strokes on a transparent PNG
+    # go onto white, white ones onto black. The colour stored under alpha = 0 is ignored.
+    background = 1.0 if float((lum * alpha).sum()) / visible < 0.5 else 0.0
+    return lum * alpha + background * (1.0 - alpha)
+
+
+# ---------------------------------------------------------------- arrays that are already digits
+
+def from_pixels(arr) -> np.ndarray:
+    """Validate an array that is already an MNIST digit (28x28, ink bright on black); float32 [0, 1].
+
+    Accepts uint8/integers 0..255 or floats in [0, 1]; nothing is re-centred or inverted.
+    """
+    x = _unit_float(arr, "pixel array")
+    if x.shape != (SIZE, SIZE):
+        raise BadArrayError(
+            f"pixel array has shape {x.shape}, expected ({SIZE}, {SIZE}): send one 28x28 MNIST-style digit, "
+            f"or an image file to have it normalised")
+    return x
+
+
+def read_npy(path: str | Path) -> np.ndarray:
+    """Load a .npy of MNIST digits: (28, 28) or (n, 28, 28), returned as float32 [0, 1], same shape.
+
+    Pickled (object) arrays are refused: loading them can run arbitrary code.
+    """
+    try:
+        # mmap reads only the header, so shape and dtype are checked before any data is read.
+        a = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as exc:
+        if "pickle" in str(exc).lower() or "object" in str(exc).lower():
+            raise BadArrayError(
+                "the .npy holds Python objects (a pickle), which are not loaded for safety: "
+                "save a numeric array with np.save(path, x.astype('uint8'))") from None
+        raise BadArrayError(f"not a readable .npy file ({exc}): save digits with np.save") from None
+    if not isinstance(a, np.ndarray):  # an .npz archive opens as a mapping of arrays
+        raise BadArrayError("this is an .npz archive, not an .npy array: save one array with np.save")
+    if a.ndim == 2:
+        return from_pixels(a)
+    if a.ndim != 3 or a.shape[1:] != (SIZE, SIZE) or a.shape[0] == 0:
+        raise BadArrayError(
+            f".npy array has shape {a.shape}, expected ({SIZE}, {SIZE}) or (n, {SIZE}, {SIZE}) MNIST-style "
+            f"digits: other pictures should be saved as PNG to be normalised")
+    if a.shape[0] > MAX_NPY_DIGITS:
+        raise BadArrayError(f".npy holds {a.shape[0]} digits, over the limit of {MAX_NPY_DIGITS}: split it")
+    return _unit_float(np.array(a), ".npy array")
+
+
+def _unit_float(arr, what: str) -> np.ndarray:
+    try:
+        a = np.asarray(arr)
+    except (ValueError, TypeError) as exc:  # ragged nested lists
+        raise BadArrayError(f"{what} is not a rectangular array of numbers ({exc})") from None
+    if a.dtype == bool:
+        return a.astype(np.float32)
+    if a.dtype.kind in "ui":
+        if a.size and (a.min() < 0 or a.max() > 255):
+            raise BadArrayError(f"{what} has integer values {a.min()}..{a.max()}: expected 0..255")
+        return a.astype(np.float32) / 255.0  # the scaling every model is trained with
+    if a.dtype.kind != "f":
+        raise BadArrayError(f"{what} has dtype {a.dtype}: expected uint8 0..255 or floats in [0, 1]")
+    if not np.isfinite(a).all():
+        raise BadArrayError(f"{what} contains NaN or infinite values: send finite numbers in [0, 1]")
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if lo < -1e-6 or hi > 1 + 1e-6:  # tolerance: values computed as k/255 in float64 round slightly
+        raise BadArrayError(
+            f"{what} has values {lo:g}..{hi:g}: expected floats in [0, 1] (divide 0..255 values by 255)")
+    return np.clip(a, 0, 1).astype(np.float32)
+
+
+# ---------------------------------------------------------------- the MNIST recipe
+
+def to_mnist(gray) -> np.ndarray:
+    """Normalise a grayscale picture of one digit as MNIST was: (28, 28) float32 in [0, 1].
+
+    `gray` is 2-D, floats in [0, 1] or integers 0..255, either polarity (dark ink on paper or light
+    ink on a dark ground: the ground is the median of the picture's outer frame). Raises NoInkError
+    when nothing stands out from the background.
+    """
+    x = _unit_float(gray, "image")
+    if x.ndim != 2 or min(x.shape) == 0:
+        raise BadArrayError(f"image has shape {x.shape}: expected a 2-D grayscale picture")
+    x = _ink_bright(x)
+    rows, cols = _ink_box(x)
+    digit = _fit_box(x[rows, cols], DIGIT_BOX)
+    return _place_by_mass(digit)
+
+
+def _ink_bright(x: np.ndarray) -> np.ndarray:
+    """Ink 1, background 0: subtract the background, invert dark ink, stretch the contrast."""
+    b = max(1, round(BORDER_FRACTION * min(x.shape)))
+    frame = np.concatenate([x[:b].ravel(), x[-b:].ravel(), x[:, :b].ravel(), x[:, -b:].ravel()])
+    background = float(np.median(frame))
+    # Extremes from a lightly smoothed copy: one hot pixel in a photo must not decide the polarity
+    # or the contrast. Small pictures keep their 1-px strokes unsmoothed.
+    probe = ndimage.uniform_filter(x, 3) if min(x.shape) >= 64 else x
+    dark, bright = background - float(probe.min()), float(probe.max()) - background
+    if dark > bright:
+        x, contrast = background - x, dark
+    else:
+        x, contrast = x - background, bright
+    if contrast < MIN_INK_CONTRAST:
+        raise NoInkError("no digit found: the image is blank (nothing stands out from the background); "
+                         "draw the digit darker or larger, or check that this is the right file")
+    lo, hi = NOISE_FLOOR * contrast, INK_FULL * contrast
+    return np.clip((x - lo) / (hi - lo), 0, 1).astype(np.float32)
+
+
+def _ink_box(x: np.ndarray) -> tuple[slice, slice]:
+    """Bounding box of the ink, ignoring specks of dust; specks are erased from `x` in place."""
+    labels, n = ndimage.label(x > 0, structure=np.ones((3, 3)))  # 8-connected, as a pen stroke is
+    mass = ndimage.sum(x, labels, index=np.arange(1, n + 1))
+    specks = np.flatnonzero(mass < SPECK_FRACTION * mass.max()) + 1
+    if len(specks):
+        x[np.isin(labels, specks)] = 0
+    rows, cols = np.flatnonzero(x.any(axis=1)), np.flatnonzero(x.any(axis=0))
+    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+
+
+def _fit_box(digit: np.ndarray, box: int) -> np.ndarray:
+    """Scale so the longer side is `box` px, keeping the aspect ratio, with anti-aliasing."""
+    h, w = digit.shape
+    k = box / max(h, w)
+    size = (max(1, round(w * k)), max(1, round(h * k)))
+    # BOX (area averaging) when shrinking reproduces what MNIST's anti-aliasing did to the bilevel
+    # NIST scans; BICUBIC when enlarging a small drawing avoids blocky pixels. Clip bicubic overshoot.
+    method = Image.Resampling.BOX if k < 1 else Image.Resampling.BICUBIC
+    out = np.clip(np.asarray(Image.fromarray(digit).resize(size, method), dtype=np.float32), 0, 1)
+    # A pen line thinner than a pixel at 20 px fades to grey when shrunk; every MNIST digit
+    # reaches full ink, so stretch back to it.
+    return out / out.max() if 0 < out.max() < 1 else out
+
+
+def _place_by_mass(digit: np.ndarray) -> np.ndarray:
+    """Paste into the 28x28 field with the centre of mass on CENTRE (whole-pixel shift, no blur)."""
+    h, w = digit.shape
+    cy, cx = ndimage.center_of_mass(digit)
+    # Clamped so the whole box stays in the field: a lopsided digit (a 7) loses no ink, at the cost
+    # of its centre of mass sitting up to a pixel or two off centre.
+    top = int(np.clip(round(CENTRE[0] - cy), 0, SIZE - h))
+    left = int(np.clip(round(CENTRE[1] - cx), 0, SIZE - w))
+    out = np.zeros((SIZE, SIZE), dtype=np.float32)
+    out[top:top + h, left:left + w] = digit
+    return out
+
+
+# ---------------------------------------------------------------- output
+
+def to_png_bytes(img28, scale: int = 1) -> bytes:
+    """A 28x28 digit as a grayscale PNG (ink white, as the model sees it), enlarged `scale` times."""
+    x = from_pixels(img28)
+    im = Image.fromarray(np.round(x * 255).astype(np.uint8))
+    if scale != 1:
+        im = im.resize((SIZE * scale, SIZE * scale), Image.Resampling.NEAREST)  # crisp pixels to inspect
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
