@@ -15,6 +15,7 @@ table{border-collapse:collapse;margin:.5em 0} td,th{border:1px solid #ddd;paddin
 th{background:#f5f5f5} td:first-child,th:first-child{text-align:left}
 img{max-width:100%;height:auto;border:1px solid #eee} pre{background:#f7f7f7;padding:.8em;overflow-x:auto}
 .kpi{display:inline-block;margin:0 1.5em 1em 0} .kpi b{font-size:1.6em;display:block}
+.pair{display:flex;flex-wrap:wrap;gap:1em} .pair img{flex:1 1 420px;max-width:540px}
 .note{background:#fff6d5;border-left:4px solid #e0b000;padding:.5em 1em}
 """
 
@@ -29,8 +30,16 @@ def _table(rows: list[list], header: list[str]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _fmt(v) -> str:
-    return f"{v:.4f}" if isinstance(v, float) else ("" if v is None else str(v))
+def _fmt(v, column: str = "") -> str:
+    if v is None:
+        return ""
+    if column == "epoch":
+        return str(int(v))
+    if column == "lr":
+        return f"{v:.3g}"
+    if column == "seconds":
+        return f"{v:.2f}"
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
 def render_report(title, summary, metrics, report_text, figures, history, context) -> str:
@@ -48,9 +57,10 @@ def render_report(title, summary, metrics, report_text, figures, history, contex
 
     if history:
         parts.append("<h2>Training curves</h2>")
-        parts.append(" ".join(_img(figures[k], k) for k in ("loss", "accuracy") if k in figures))
+        parts.append("<div class='pair'>" + "".join(_img(figures[k], k) for k in ("loss", "accuracy") if k in figures)
+                     + "</div>")
         cols = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
-        parts.append(_table([[_fmt(r.get(c)) for c in cols] for r in history], cols))
+        parts.append(_table([[_fmt(r.get(c), c) for c in cols] for r in history], cols))
     for section in context.get("extra_sections", []):  # e.g. diagnostics added by other stages
         parts.append(f"<h2>{html.escape(section['title'])}</h2>{section['html']}")
 

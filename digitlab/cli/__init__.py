@@ -16,7 +16,7 @@ from digitlab.backend import quiet_tensorflow_logs
 
 # Each module defines add_parser(subparsers); its parser sets `func` to a function(args) -> exit code.
 # Modules are imported here but import keras only inside their commands, so the backend can still be chosen.
-COMMAND_MODULES = ["digitlab.cli.train", "digitlab.cli.predict"]
+COMMAND_MODULES = ["digitlab.cli.train", "digitlab.cli.predict", "digitlab.cli.serve", "digitlab.cli.compare"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `digitlab data | head`: the reader left; not an error worth a traceback
+        sys.stderr.close()
+        return 141
 
 
 def fail(message: str, code: int = 2) -> int:
