@@ -6,6 +6,7 @@ import io
 import json
 import sys
 import types
+import zipfile
 
 import numpy as np
 import pytest
@@ -143,6 +144,7 @@ def test_to_json_has_no_array(inputs, model):
 class FakeRun:
     class_names = [str(d) for d in range(10)]
     config = {"model": "seed-ann"}
+    model = "loaded"  # `predict` loads the model up front, to fail early on a broken file
 
     def __init__(self, model):
         self.predict_proba = model
@@ -205,6 +207,34 @@ def test_cli_unwritable_save_input(cli, inputs, tmp_path, capsys):
     (tmp_path / "file").write_text("")
     assert cli("runs/x", inputs / "a_seven.png", "--save-input", tmp_path / "file" / "sub") == 2
     assert "--save-input" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "not-a-model", "folder"])
+def test_cli_unloadable_model_is_a_usage_error(tmp_path, inputs, capsys, damage):
+    # The real command and real Keras on a damaged run: one clear line, exit 2, no traceback.
+    from digitlab.cli import main
+    run = tmp_path / "run"
+    run.mkdir()
+    model = run / "model.keras"
+    if damage == "garbage":
+        model.write_bytes(b"\0" * 100)
+    elif damage == "truncated":  # a zip cut short, as by a full disk or an interrupted copy
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as z:
+            z.writestr("config.json", "{}" + " " * 5000)
+        model.write_bytes(buf.getvalue()[:200])
+    elif damage == "not-a-model":
+        with zipfile.ZipFile(model, "w") as z:
+            z.writestr("config.json", "{not json")
+    else:
+        model.mkdir()
+    assert main(["predict", str(run), str(inputs / "a_seven.png")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    err = captured.err.strip()
+    assert err.startswith("digitlab: error: cannot load the model") and len(err.splitlines()) == 1
+    assert str(model) in err and "digitlab train" in err
+    assert "Traceback" not in err and "File not found" not in err  # Keras' own words mislead here
 
 
 @pytest.mark.slow

@@ -14,9 +14,10 @@ from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
+from digitlab import preprocessing
 from digitlab.preprocessing import (
-    MAX_BYTES, BadArrayError, ImageTooLargeError, InputImageError, NoInkError, NotAnImageError,
-    from_pixels, read_image_bytes, read_image_file, read_npy, to_mnist, to_png_bytes,
+    MAX_BYTES, STROKE_MIN, STROKE_TARGET, BadArrayError, ImageTooLargeError, InputImageError, NoInkError, NotAnImageError,
+    from_pixels, read_image_bytes, read_image_file, read_npy, stroke_width, to_mnist, to_png_bytes,
 )
 
 SHAPES = ("zero", "one", "four", "seven")
@@ -55,7 +56,7 @@ def ink_box(x: np.ndarray, level: float = 0.0) -> tuple[int, int]:
     return rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
 
 
-def assert_mnist_like(x: np.ndarray, source_hw: tuple[int, int] | None = None) -> None:
+def assert_mnist_like(x: np.ndarray, source_hw: tuple[int, int] | None = None, pen: float = 0) -> None:
     # What every MNIST digit satisfies: see test_mnist_itself_satisfies_the_checks.
     assert x.shape == (28, 28) and x.dtype == np.float32
     assert 0.0 <= x.min() and x.max() <= 1.0 and x.max() > 0.5
@@ -72,7 +73,12 @@ def assert_mnist_like(x: np.ndarray, source_hw: tuple[int, int] | None = None) -
     if source_hw is not None:  # aspect ratio kept: the shorter side scales as the longer one does
         sh, sw = source_hw
         expected = 20 * min(sh, sw) / max(sh, sw)
-        assert abs(min(h, w) - expected) <= 1.5, (h, w, source_hw)
+        # A pen that would come out thinner than MNIST's is thickened first, which pads the ink box
+        # on every side: the shorter side then gains up to the added stroke width, STROKE_TARGET px.
+        # (`pen`, source px, is the pen width the figure was drawn with; 20% margin for measuring.)
+        thickened = pen * 20 / max(sh, sw) < 1.2 * STROKE_MIN
+        low, high = expected - 1.5, expected + 1.5 + (STROKE_TARGET if thickened else 0)
+        assert low <= min(h, w) <= high, (h, w, source_hw, pen)
 
 
 def similarity(a: np.ndarray, b: np.ndarray) -> float:
@@ -98,7 +104,7 @@ def test_generated_digit_comes_out_mnist_like(shape, canvas, box, width):
     im = draw(shape, canvas, box, width)
     gray = read_image_bytes(png(im))
     src = 1 - gray
-    assert_mnist_like(to_mnist(gray), source_hw=ink_box(src, 0.5))
+    assert_mnist_like(to_mnist(gray), source_hw=ink_box(src, 0.5), pen=width)
 
 
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -120,7 +126,7 @@ def test_property_any_drawn_digit_is_normalised(shape, canvas, frac, pen, encodi
     im = encode(draw(shape, canvas, box, width), encoding)
     gray = read_image_bytes(im)
     reference = 1 - read_image_bytes(png(draw(shape, canvas, box, width)))
-    assert_mnist_like(to_mnist(gray), source_hw=ink_box(reference, 0.5))
+    assert_mnist_like(to_mnist(gray), source_hw=ink_box(reference, 0.5), pen=width)
 
 
 def encode(im_l: Image.Image, encoding: str) -> bytes:
@@ -193,6 +199,94 @@ def test_polarity_of_a_28x28_drawing():
     x[4:24, 12:16] = 1.0
     assert np.allclose(to_mnist(x), to_mnist(1 - x))
     assert np.allclose(to_mnist((x * 255).astype(np.uint8)), to_mnist(x))
+
+
+# ---------------------------------------------------------------- stroke width
+
+def pen_line(width: int, angle: float) -> np.ndarray:
+    """A 140 px line `width` px wide at `angle` degrees, anti-aliased, ink 1 on 0."""
+    s = 4  # drawn 4x larger, then box-averaged
+    im = Image.new("L", (200 * s, 200 * s), 0)
+    dx, dy = 70 * s * np.cos(np.radians(angle)), 70 * s * np.sin(np.radians(angle))
+    ImageDraw.Draw(im).line([(100 * s - dx, 100 * s - dy), (100 * s + dx, 100 * s + dy)], fill=255, width=width * s)
+    return np.asarray(im.reduce(s), np.float32) / 255
+
+
+@pytest.mark.parametrize("width", [2, 3, 6, 10, 20])
+@pytest.mark.parametrize("angle", [0, 20, 45])
+def test_stroke_width_measures_the_pen(width, angle):
+    assert abs(stroke_width(pen_line(width, angle) >= 0.5) - width) <= max(0.7, 0.15 * width)
+    ring = np.asarray(draw("zero", (200, 200), (20, 20, 180, 180), width), np.float32) < 128
+    assert abs(stroke_width(ring) - width) <= max(0.7, 0.15 * width)
+    assert stroke_width(np.zeros((5, 5), bool)) == 0
+
+
+def without_thickening(monkeypatch, gray) -> np.ndarray:
+    with monkeypatch.context() as m:
+        m.setattr(preprocessing, "_thicken", lambda digit, box: digit)
+        return to_mnist(gray)
+
+
+@pytest.fixture(scope="module")
+def mnist_stroke_range(mnist) -> tuple[float, float]:
+    """5th and 95th percentile of the stroke width of MNIST test digits, px (about 2.0 and 3.8)."""
+    widths = [stroke_width(x >= 128) for x in mnist.x_test[:1000]]
+    return tuple(np.percentile(widths, [5, 95]))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("canvas,box,pen", [
+    ((600, 600), (150, 40, 450, 560), 3),    # a fine pen on a phone-sized canvas
+    ((1400, 1000), (300, 50, 900, 950), 4),  # larger than THICKEN_SIDE many times: max-pooled first
+    ((80, 80), (20, 10, 60, 70), 1),         # a 1-px pen on a small canvas
+])
+def test_thin_pen_comes_out_as_wide_as_mnist(shape, canvas, box, pen, mnist_stroke_range, monkeypatch):
+    gray = np.asarray(draw(shape, canvas, box, pen), np.float32) / 255
+    x = to_mnist(gray)
+    lo, hi = mnist_stroke_range
+    assert lo <= stroke_width(x >= 0.5) <= hi
+    assert stroke_width(without_thickening(monkeypatch, gray) >= 0.5) < lo  # what it was: a hairline
+    assert_mnist_like(x)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("pen", [35, 50, 70])  # about 2.5, 3.5 and 4.5 px at the final scale
+def test_bold_strokes_are_left_alone(shape, pen, monkeypatch):
+    gray = np.asarray(draw(shape, (300, 300), (70, 20, 230, 280), pen), np.float32) / 255
+    assert np.array_equal(to_mnist(gray), without_thickening(monkeypatch, gray))
+
+
+def test_pooled_thickening_matches_the_full_resolution_one(monkeypatch):
+    # THICKEN_SIDE is a shortcut for speed: thickening the full 1900 px digit gives the same picture.
+    gray = np.asarray(draw("four", (1400, 2000), (200, 50, 1200, 1950), 3), np.float32) / 255
+    fast = to_mnist(gray)
+    monkeypatch.setattr(preprocessing, "THICKEN_SIDE", 10_000)
+    assert similarity(fast, to_mnist(gray)) > 0.95
+
+
+def small_loop_nine(loop: int) -> np.ndarray:
+    """A 9 whose loop is `loop` px across on a 330 px tall figure, drawn with a 2 px pen."""
+    im = Image.new("L", (300, 400), 255)
+    d = ImageDraw.Draw(im)
+    d.ellipse((100, 30, 100 + loop, 30 + loop), outline=0, width=2)
+    d.line([(100 + loop, 30 + loop / 2), (90 + loop, 330)], fill=0, width=2)
+    return np.asarray(im, np.float32) / 255
+
+
+def loop_pixels(x: np.ndarray) -> int:
+    """Pixels enclosed by ink (x >= 0.5): the inside of the loops."""
+    ink = x >= 0.5
+    return int((ndimage.binary_fill_holes(ink) & ~ink).sum())
+
+
+@pytest.mark.parametrize("loop", [50, 70])  # about 3 and 4 px across at the final scale
+def test_thickening_keeps_small_loops_open(loop, monkeypatch):
+    gray = small_loop_nine(loop)
+    x = to_mnist(gray)
+    assert loop_pixels(x) >= 1
+    assert stroke_width(x >= 0.5) >= STROKE_MIN  # the loop was spared without thinning the rest
+    monkeypatch.setattr(preprocessing, "LOOP_KEEP", 0.0)  # control: growing into the loop fills it
+    assert loop_pixels(to_mnist(gray)) < loop_pixels(x)
 
 
 # ---------------------------------------------------------------- reading images

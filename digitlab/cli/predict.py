@@ -4,12 +4,15 @@
     digitlab predict runs/... digits.npy --json
 
 Exit status: 0 when every input was predicted, 1 when any input failed (the others are still
-reported), 2 for usage problems (no such run, an unwritable --save-input folder).
+reported), 2 for usage problems (no such run, a model file that can't be loaded, an unwritable
+--save-input folder).
 """
 from __future__ import annotations
 
 import json
+import os
 import sys
+import zipfile
 from pathlib import Path
 
 from digitlab.backend import choose_backend
@@ -38,6 +41,10 @@ def run(args) -> int:
     except RunError as exc:
         return fail(str(exc))
     choose_backend(_model_family(the_run))
+    try:
+        the_run.model  # loaded now, so that a broken file is one clear error, not a traceback mid-batch
+    except Exception as exc:  # Keras and h5py raise ValueError, OSError, JSONDecodeError, KeyError...
+        return fail(_unloadable(the_run.model_path, exc))
     from digitlab.prediction import predict_paths
     try:
         results = predict_paths(the_run.predict_proba, args.inputs, save_input_dir=args.save_input)
@@ -56,6 +63,20 @@ def run(args) -> int:
                 top = ", ".join(f"{_label(c, names)} {p:.3f}" for c, p in r.top3)
                 print(f"{where}: {_noun(names)} {_label(r.digit, names)} (p={r.probability:.3f})  top3: {top}")
     return 1 if any(r.error for r in results) else 0
+
+
+def _unloadable(path: Path, exc: Exception) -> str:
+    # Keras answers "File not found" for any file that isn't a zip archive, even one that exists.
+    if path.is_dir():
+        why = "it is a folder, not a model file"
+    elif not os.access(path, os.R_OK):
+        why = "no permission to read it"
+    elif path.is_file() and not zipfile.is_zipfile(path):
+        why = "it is not a .keras (zip) archive: truncated, overwritten or not a model"
+    else:
+        why = f"{type(exc).__name__}: {exc}"
+    return (f"cannot load the model {path} ({why}); train the run again with `digitlab train`, "
+            f"or pass another run directory")
 
 
 def _model_family(the_run) -> str | None:
