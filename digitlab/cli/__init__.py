@@ -16,7 +16,7 @@ from digitlab.backend import quiet_tensorflow_logs
 
 # Each module defines add_parser(subparsers); its parser sets `func` to a function(args) -> exit code.
 # Modules are imported here but import keras only inside their commands, so the backend can still be chosen.
-COMMAND_MODULES = ["digitlab.cli.train", "digitlab.cli.predict", "digitlab.cli.serve", "digitlab.cli.compare"]
+COMMAND_MODULES = ["digitlab.cli.train", "digitlab.cli.predict", "digitlab.cli.serve", "digitlab.cli.compare", "digitlab.cli.ensemble"]
 
 
 def build_parser() -> argparse.ArgumentParser:

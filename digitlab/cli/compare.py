@@ -1,0 +1,185 @@
+"""`digitlab compare`: the tutorial's table of algorithms, measured on the same data.
+
+    digitlab compare --quick          # every model on 10,000 images: ~100 s on the project's shared 2-core machine
+    digitlab compare                  # all 60,000: ~14 min there (bench/compare_full.md has the table)
+    digitlab compare --models logreg,knn,seed-ann --out runs/cmp
+    digitlab compare --max-train svm=20000 --set xgboost.n_estimators=100
+    digitlab compare --retrain                                # ignore the saved models, train again
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+
+from digitlab.cli import fail
+
+HEARTBEAT_S = 30.0  # seconds between "still training" lines while a classic model fits
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("compare", help="train classic models and networks on the same data; write a leaderboard")
+    p.add_argument("--models", help="comma-separated: logreg, knn, svm, rf, xgboost, kmeans (= kmeans-10,-64,-256), "
+                                    "kmeans-N, classic (all classic), or any registered network "
+                                    "(default: logreg,knn,svm,rf,xgboost,kmeans,seed-ann)")
+    p.add_argument("--quick", action="store_true", help="train every model on a 10,000-image subset")
+    p.add_argument("--train-size", type=int, help="train every model on a stratified subset of N images")
+    p.add_argument("--max-train", action="append", metavar="MODEL=N",
+                   help="cap one model's training images, e.g. svm=20000 (repeatable or comma-separated)")
+    p.add_argument("--test-size", type=int, help="score on a stratified subset of N test images (smoke runs only)")
+    p.add_argument("--set", action="append", metavar="MODEL.SETTING=VALUE", dest="settings",
+                   help="override a classic model's hyperparameter, e.g. xgboost.n_estimators=100")
+    p.add_argument("--epochs", type=int, help="epochs for the networks (default: each network's own)")
+    p.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
+    p.add_argument("--data-dir", help="folder with the dataset files (also $DIGITLAB_DATA_DIR)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--out", default="runs/compare", help="output folder, one subfolder per model (default: runs/compare)")
+    p.add_argument("--retrain", action="store_true", help="train again even where a saved model matches")
+    p.add_argument("--quiet", action="store_true", help="no per-model progress")
+    p.set_defaults(func=cmd_compare)
+
+
+def config_from_args(args):
+    from digitlab import comparison as cmp
+    if args.train_size is not None and args.train_size < 1:
+        raise cmp.CompareError(f"--train-size must be at least 1 image, got {args.train_size}")
+    if args.test_size is not None and args.test_size < 1:
+        raise cmp.CompareError(f"--test-size must be at least 1 image, got {args.test_size}")
+    if args.epochs is not None and args.epochs < 1:
+        raise cmp.CompareError(f"--epochs must be at least 1, got {args.epochs}")
+    if args.quick and args.train_size:
+        raise cmp.CompareError("--quick already sets the training size (10,000); pass one of --quick or --train-size")
+    models = tuple(m.strip() for m in args.models.split(",") if m.strip()) if args.models else cmp.DEFAULT_MODELS
+    return cmp.CompareConfig(
+        models=models, dataset=args.dataset,
+        train_size=cmp.QUICK_TRAIN_SIZE if args.quick else (args.train_size or 0),
+        test_size=args.test_size or 0, max_train=cmp.parse_max_train(args.max_train),
+        params=cmp.parse_param_overrides(args.settings), neural_epochs=args.epochs or 0,
+        seed=args.seed, retrain=args.retrain)
+
+
+def cmd_compare(args) -> int:
+    # OpenMP threads that wait by spinning crawl when the cores are shared: XGBoost's 2 threads took
+    # 41 s instead of 7 s for 20 rounds on 10,000 images under a load of 3 on this project's 2 cores.
+    # OpenMP reads this once, when scikit-learn first loads it, hence here, before any import of it.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from digitlab import comparison as cmp
+    try:
+        cfg = config_from_args(args)
+        models = cmp.check_config(cfg, args.out)
+    except cmp.CompareError as exc:
+        return fail(str(exc))
+
+    neural = [m for m in models if cmp.model_kind(m) == "neural"]
+    if neural:
+        # Keras reads its backend once per process: one choice for every network in the table.
+        from digitlab.backend import choose_backend
+        from digitlab.models import get_model_info
+        families = {get_model_info(m).family for m in neural}
+        choose_backend(families.pop() if len(families) == 1 else None)
+
+    from digitlab.classic import ModelIntegrityError
+    from digitlab.data import DataUnavailableError
+    printer = ProgressPrinter(quiet=args.quiet)
+    try:
+        board = cmp.run_comparison(cfg, args.out, progress=printer, verbose=0 if args.quiet else 1,
+                                   data_dir=args.data_dir)
+    except (cmp.CompareError, ModelIntegrityError) as exc:
+        return fail(str(exc))
+    except DataUnavailableError as exc:
+        return fail(str(exc), 1)
+    except KeyboardInterrupt:
+        print("\ninterrupted: the models finished so far are saved; run the same command to pick up from there",
+              file=sys.stderr)
+        return 130
+    finally:
+        printer.stop()
+
+    print()
+    print(cmp.leaderboard_markdown(board))
+    print(f"leaderboard: {args.out}/leaderboard.html (also .md, .csv, .json, .png); "
+          f"total {board.total_seconds:.0f} s")
+    return 0
+
+
+class ProgressPrinter:
+    """Prints comparison events; while a classic model fits or predicts, a line every HEARTBEAT_S."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        self._timer: threading.Timer | None = None
+        self._generation = 0  # a beat from a stage that has ended must not print or reschedule
+        self._last_round_print = 0.0
+
+    def __call__(self, event: str, **info) -> None:
+        if event == "plan":
+            self._plan(info)
+        elif event == "model-start":
+            plan = info["plan"]
+            self._say(f"[{info['index']}/{info['total']}] {plan.name}: {plan.description}")
+        elif event == "stage":
+            self._stage(info)
+        elif event == "round":
+            now = time.monotonic()
+            if info["done"] == info["total"] or now - self._last_round_print >= HEARTBEAT_S / 3:
+                self._last_round_print = now
+                self._say(f"    {info['model']}: boosting round {info['done']}/{info['total']} "
+                          f"({self._elapsed():.0f} s)")
+        elif event == "model-end":
+            from digitlab.comparison import human_size
+            self.stop()
+            r = info["row"]
+            self._say(f"    {r['model']}: {r['test_accuracy']:.2%} test accuracy (95% CI {r['ci95_low']:.2%}–"
+                      f"{r['ci95_high']:.2%}); train {r['train_seconds']:.1f} s"
+                      f"{' (recorded)' if r['reused'] else ''}, predict {r['predict_seconds_per_10k']:.2f} s/10k, "
+                      f"{human_size(r['size_bytes'])}")
+
+    def _plan(self, info) -> None:
+        plans = info["plans"]
+        sizes = sorted({p.train_images for p in plans}, reverse=True)
+        capped = ", ".join(f"{p.name}: {p.train_images:,}" for p in plans if p.train_images != sizes[0])
+        self._say(f"comparing {len(plans)} models: {sizes[0]:,} training images"
+                  f"{f' ({capped})' if capped else ''}, {info['test_images']:,} test images -> {info['out_dir']}")
+        reused = [p.name for p in plans if p.reuse]
+        if reused:
+            self._say(f"re-using saved models (SHA-256 checked): {', '.join(reused)}; --retrain to train them again")
+
+    def _stage(self, info) -> None:
+        self.stop()
+        stage, model = info["stage"], info["model"]
+        self._stage_start = time.monotonic()
+        if stage == "load":
+            self._say(f"    {model}: loading the saved model {info['path']}")
+            return
+        what = (f"training on {info['images']:,} images" if stage == "train"
+                else f"predicting {info['images']:,} test images")
+        self._say(f"    {model}: {what}")
+        self._what = f"{model}: still {what.split(' ')[0]}"
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self.quiet:
+            return
+        self._timer = threading.Timer(HEARTBEAT_S, self._beat, args=(self._generation,))
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _beat(self, generation: int) -> None:
+        if generation != self._generation:
+            return
+        self._say(f"    {self._what}, {self._elapsed():.0f} s so far")
+        self._schedule()
+
+    def _elapsed(self) -> float:
+        return time.monotonic() - getattr(self, "_stage_start", time.monotonic())
+
+    def stop(self) -> None:
+        self._generation += 1
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _say(self, line: str) -> None:
+        if not self.quiet:
+            print(line, flush=True)
