@@ -1,0 +1,86 @@
+"""`digitlab serve RUN`: the drawing page and the HTTP API for a trained run (digitlab.serving).
+
+    digitlab serve runs/20261126-071500-seed-ann-s0              # http://127.0.0.1:8000
+    digitlab serve runs/... --port 8080 --host 0.0.0.0           # reachable from other machines
+"""
+from __future__ import annotations
+
+import errno
+import ipaddress
+import socket
+
+from digitlab.backend import choose_backend
+from digitlab.cli import fail
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("serve", help="serve a run as a web page (draw a digit) and an HTTP API")
+    p.add_argument("run", help="a run directory")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
+    p.add_argument("--max-batch", dest="max_batch", type=int, default=None,
+                   help="most requests that share one forward pass (default: 64; 1 turns micro-batching off)")
+    p.add_argument("--access-log", dest="access_log", action="store_true",
+                   help="log every request (off by default: a log line per request costs CPU under load)")
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args) -> int:
+    from digitlab.models import get_model_info
+    from digitlab.runs import RunError, open_run
+    try:
+        run = open_run(args.run)
+    except RunError as exc:
+        return fail(str(exc))
+    if not 0 <= args.port <= 65535:
+        return fail(f"--port must be between 0 and 65535, got {args.port}")
+    from digitlab.serving import MAX_BATCH, create_app  # no keras yet: the backend is still to choose
+    max_batch = MAX_BATCH if args.max_batch is None else args.max_batch
+    if max_batch < 1:
+        return fail(f"--max-batch must be at least 1, got {max_batch}")
+    try:  # the backend that runs this model family fastest (digitlab.backend)
+        family = get_model_info(run.config.get("model", "")).family
+    except KeyError:
+        family = None
+    choose_backend(family)
+
+    # Bind first, so that a port in use is reported in a second, not after the model has loaded.
+    try:
+        sock = _listen(args.host, args.port)
+    except OSError as exc:
+        hint = f" (another server on that port? try --port {args.port + 1})" if exc.errno == errno.EADDRINUSE else ""
+        return fail(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}{hint}", 1)
+
+    import uvicorn
+    app = create_app(run.path, max_batch=max_batch)
+    if not _is_loopback(args.host):
+        print(f"warning: listening on {args.host}: anyone who can reach this machine can use the server")
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    print(f"serving {run.path} at http://{shown}:{port}/ (API docs at /docs); Ctrl-C stops", flush=True)
+    config = uvicorn.Config(app, access_log=args.access_log, log_level="info", timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    with sock:
+        server.run(sockets=[sock])
+    return 0 if server.started else 1  # uvicorn has logged why it could not start
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: restart without waiting
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
