@@ -392,7 +392,8 @@ def create_app(run_path: str | Path, max_batch: int = MAX_BATCH) -> FastAPI:
         yield
         service.close()
 
-    app = FastAPI(title="digitlab", version=_version(), lifespan=lifespan,
+    # docs_url=None: FastAPI's own /docs pulls Swagger UI from a CDN; ours serves a bundled copy (offline).
+    app = FastAPI(title="digitlab", version=_version(), lifespan=lifespan, docs_url=None,
                   description="Draw a digit and watch the network read it. Images are normalised as MNIST "
                               "was made (ink bright on black, 20 px box, centred by mass) before the model sees them.")
 
@@ -474,7 +475,27 @@ def create_app(run_path: str | Path, max_batch: int = MAX_BATCH) -> FastAPI:
             "Cache-Control": "no-cache"})
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    _add_offline_docs(app)
     return app
+
+
+def _add_offline_docs(app: FastAPI) -> None:
+    """/docs with the Swagger UI 5 files that the fastapi-offline package ships, so the docs work offline.
+
+    (Swagger UI 4 can't read FastAPI's OpenAPI 3.1 documents; fastapi-offline is used only for its files.)
+    """
+    from importlib.resources import files
+
+    from fastapi.openapi.docs import get_swagger_ui_html
+
+    app.mount("/docs-assets", StaticFiles(directory=str(files("fastapi_offline") / "static")), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs():
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title="digitlab API",
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css",
+                                   swagger_favicon_url="data:,")
 
 
 def _version() -> str:

@@ -271,7 +271,13 @@ def test_openapi_documents_requests_and_responses(client):
     assert {"400", "413", "415", "422"} <= set(predict["responses"])
     assert {"Prediction", "ModelInfo", "Sample", "ErrorResponse", "Health"} <= set(spec["components"]["schemas"])
     assert {"/api/model", "/api/health", "/api/sample"} <= set(spec["paths"])
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")
+    assert docs.status_code == 200
+    # The docs page must work offline: every script and stylesheet comes from this server.
+    assert not re.search(r"https?://", docs.text), "no CDN in /docs"
+    for asset in re.findall(r"(/docs-assets/[\w.-]+)", docs.text):
+        assert client.get(asset).status_code == 200
+    assert "/docs-assets/swagger-ui-bundle.js" in docs.text
 
 
 # ---------------------------------------------------------------- the command
