@@ -108,8 +108,13 @@ def _confusion_csv(cm: np.ndarray, class_names) -> str:
     return buf.getvalue()
 
 
-def evaluate_run(run, dataset=None) -> dict:
-    """Score a run's model on its dataset's test set and (re)write its evaluation artefacts."""
+def evaluate_run(run, dataset=None, diagnostics: bool = True) -> dict:
+    """Score a run's model on its dataset's test set and (re)write its evaluation artefacts.
+
+    With `diagnostics`, the report also answers the tutorial's quiz (digitlab.diagnostics): the
+    overfitting gap and the epoch early stopping chose, dead ReLU units, the first layer's weights;
+    the numbers go to diagnostics.json.
+    """
     from digitlab.data import load_dataset, scale
     ds = dataset or load_dataset(run.data.get("dataset", "mnist"))
     proba = run.predict_proba(scale(ds.x_test))
@@ -125,5 +130,29 @@ def evaluate_run(run, dataset=None) -> dict:
                           "val_is_test": val_is_test,
                           "keras_backend": run.environment.get("keras_backend")},
     }
+    if diagnostics and run.config.get("model") != "ensemble":
+        _add_diagnostics(run, ds, proba, history, state, context)
     return write_evaluation(run.path, ds.y_test, proba, ds.x_test, ds.class_names, history=history,
                             context=context, title=f"digitlab: {run.config.get('model', 'model')} ({run.path.name})")
+
+
+def _add_diagnostics(run, ds, proba, history, state, context) -> None:
+    """Diagnostics sections and artefacts for a trained run (part of evaluate_run)."""
+    from digitlab import diagnostics as dg
+    from digitlab.config import TrainConfig, from_dict
+    from digitlab.data import scale
+    from digitlab.training import prepare_data
+    _, split = prepare_data(from_dict(TrainConfig, run.config), dataset=ds)
+    diag = dg.diagnose(run.model, history, state, run.config, scale(split.x_train), split.y_train.astype(int),
+                       scale(split.x_val), split.y_val.astype(int))
+    first = dg.first_layer(run.model)
+    gap, first_png = dg.gap_png(diag), dg.first_layer_png(first)
+    for name, png in (("generalisation_gap", gap), ("first_layer", first_png)):
+        if png:
+            plots.save_png(run.path / f"{name}.png", png)
+    write_json_atomic(run.path / "diagnostics.json", diag)
+    test = {"test_accuracy": float(np.mean(proba.argmax(1) == ds.y_test)), "test_loss": log_loss(ds.y_test.astype(int), proba)}
+    context["extra_sections"] = context.get("extra_sections", []) + dg.report_sections(diag, test, first, gap, first_png)
+    context["metrics_extra"].update(
+        train_accuracy_clean=diag["train_accuracy"], best_epoch=diag["overfitting"]["best_epoch"],
+        dead_unit_share=max((d["fraction"] for d in diag["dead_units"]), default=None))
