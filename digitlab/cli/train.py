@@ -220,26 +220,15 @@ def cmd_train(args) -> int:
     except (KeyError, ValueError) as exc:
         return fail(str(exc).strip("'\""))
     backend = choose_backend(family)
-    from digitlab.data import DataUnavailableError
     from digitlab.training import train, train_seeds
     seeds = f"seeds {cfg.seed}..{cfg.seed + args.seeds - 1}" if args.seeds else f"seed {cfg.seed}"
     print(f"training {cfg.model} on {cfg.dataset} (backend: {backend}, {seeds})", flush=True)
-    try:
-        if args.seeds is not None:
-            group = train_seeds(cfg, args.seeds, runs_root=args.runs_root, out=args.out, data_dir=args.data_dir,
-                                verbose=0 if args.quiet else 1)
-            print_seeds(group)
-            return 0
-        run = train(cfg, runs_root=args.runs_root, run_dir=args.out, data_dir=args.data_dir,
-                    verbose=0 if args.quiet else 1)
-    except DataUnavailableError as exc:
-        return fail(str(exc), 1)
-    except ValueError as exc:
-        return fail(str(exc))
-    except KeyboardInterrupt:
-        return _interrupted()
-    print_summary(run.path, run.metrics, run.state)
-    return 0
+    verbose = 0 if args.quiet else 1
+    return _train_and_report(
+        lambda: train(cfg, runs_root=args.runs_root, run_dir=args.out, data_dir=args.data_dir, verbose=verbose),
+        lambda: train_seeds(cfg, args.seeds, runs_root=args.runs_root, out=args.out, data_dir=args.data_dir,
+                            verbose=verbose),
+        seed_group=args.seeds is not None)
 
 
 def cmd_resume(args) -> int:
@@ -258,14 +247,22 @@ def cmd_resume(args) -> int:
         backend = choose_backend(get_model_info(cfg["model"]).family)
     except KeyError as exc:
         return fail(str(exc).strip("'\""))
-    from digitlab.data import DataUnavailableError
     from digitlab.training import is_seed_group, resume, resume_seeds
     print(f"resuming {path} ({cfg['model']}, backend: {backend})", flush=True)
+    verbose = 0 if args.quiet else 1
+    return _train_and_report(lambda: resume(path, data_dir=args.data_dir, verbose=verbose),
+                             lambda: resume_seeds(path, data_dir=args.data_dir, verbose=verbose),
+                             seed_group=is_seed_group(path))
+
+
+def _train_and_report(train_one, train_group, seed_group: bool) -> int:
+    """Run a training (one run, or a --seeds group), print its summary, turn failures into exit codes."""
+    from digitlab.data import DataUnavailableError
     try:
-        if is_seed_group(path):
-            print_seeds(resume_seeds(path, data_dir=args.data_dir, verbose=0 if args.quiet else 1))
+        if seed_group:
+            print_seeds(train_group())
             return 0
-        run = resume(path, data_dir=args.data_dir, verbose=0 if args.quiet else 1)
+        run = train_one()
     except DataUnavailableError as exc:
         return fail(str(exc), 1)
     except ValueError as exc:
