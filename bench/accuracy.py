@@ -65,6 +65,12 @@ ROWS = [
         ensemble_of="bestcnn", tta=True, each=True, goal_accuracy=0.997, goal_seconds=1800),
     Row("bestcnn-ensemble", "ensemble", "the bestcnn runs' probabilities averaged, with 1-pixel-shift TTA",
         ensemble_of="bestcnn", tta=True, goal_accuracy=0.9975),
+    Row("bestcnn-30ep", "bestcnn", "the bestcnn recipe for 30 epochs", ("--epochs", "30"),
+        goal_accuracy=0.997, goal_seconds=1800),
+    Row("bestcnn-30ep-tta", "ensemble", "each bestcnn-30ep run alone with 1-pixel-shift TTA (mean over the seeds)",
+        ensemble_of="bestcnn-30ep", tta=True, each=True, goal_accuracy=0.997, goal_seconds=1800),
+    Row("bestcnn-30ep-ensemble", "ensemble", "the bestcnn-30ep runs' probabilities averaged, with 1-pixel-shift TTA",
+        ensemble_of="bestcnn-30ep", tta=True, goal_accuracy=0.9975),
 ]
 
 

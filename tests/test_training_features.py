@@ -333,7 +333,7 @@ def test_seeds_train_one_run_each_and_summarise(tmp_path, mnist):
 # ---------------------------------------------------------------- short accuracy checks
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model, steps_acc", [("fastcnn", 0.96), ("mlp", 0.94)])
+@pytest.mark.parametrize("model, steps_acc", [("fastcnn", 0.98), ("mlp", 0.955)])  # measured 98.6%, 96.5%
 def test_a_few_hundred_steps_reach_a_stated_accuracy(tmp_path, mnist, model, steps_acc):
     """300 steps (batch 128, 12,800 images, 3 epochs) of each recipe, on the whole test set."""
     from digitlab.models import get_model_info
@@ -369,6 +369,20 @@ def test_cli_trains_with_model_and_training_flags(tmp_path, capsys):
     assert (cfg["aug_shift"], cfg["aug_rotate"], cfg["aug_zoom"]) == (2.0, 5.0, 0.1)  # preset, then --rotate
     assert (out / "best.keras").exists()
     assert "test accuracy:" in capsys.readouterr().out
+
+
+def test_cli_resumes_an_interrupted_run(tmp_path, mnist, capsys):
+    from digitlab.training import train
+    cfg = TrainConfig(model="seed-ann", epochs=2, early_stopping=5, **TINY)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, run_dir=tmp_path / "r", dataset=mnist, verbose=0, callbacks=[_InterruptAfter(40)])
+    assert _main(["train", "--resume", str(tmp_path / "r"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "resuming" in out and "test accuracy:" in out
+    state = json.loads((tmp_path / "r" / "state.json").read_text())
+    assert state["status"] == "completed" and state["epochs_completed"] == 2 and state["best_epoch"] in (1, 2)
+    assert _main(["train", "--resume", str(tmp_path / "r")]) == 2  # completed: nothing to resume
+    assert "already completed" in capsys.readouterr().err
 
 
 def test_cli_resume_takes_no_other_settings(tmp_path, capsys):
