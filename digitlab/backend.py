@@ -1,7 +1,8 @@
 """Pick the Keras backend before keras is imported.
 
 Measured on this project's 2-core CPU machines (bench/seed.py, issue notes): dense networks train
-about 3x faster on JAX than on TensorFlow, CNNs several times faster on TensorFlow. So a dense model
+about 2-3x faster on JAX than on TensorFlow, CNNs about 2x faster on TensorFlow
+(`bench/accuracy.py --backends`, table in docs/training.md). So a dense model
 defaults to JAX and everything else to TensorFlow, unless the user set KERAS_BACKEND.
 
     choose_backend("dense")   # before the first `import keras`

@@ -270,8 +270,18 @@ class Service:
             test_accuracy=metrics.get("test_accuracy"), test_loss=metrics.get("test_loss"),
             test_errors=metrics.get("test_errors"), test_images=metrics.get("test_images"),
             parameters=int(self.run.model.count_params()), keras_backend=_keras_backend(),
-            class_names=list(self.class_names), config=config, data=self.run.data,
+            class_names=list(self.class_names), config=config, data=public_provenance(self.run.data),
             report_url="/report" if (self.run.path / "report.html").exists() else None)
+
+
+def public_provenance(data: dict) -> dict:
+    """The run's data provenance without local paths: a client need not learn the server's folders
+    (the cache lives under the user's home). A path keeps its file name; URLs and hashes stay."""
+    def strip(value):
+        if isinstance(value, str) and Path(value).is_absolute():
+            return Path(value).name
+        return value
+    return {key: strip(value) for key, value in data.items()}
 
 
 def _image_to_mnist(data: bytes) -> np.ndarray:

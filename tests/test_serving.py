@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import zlib
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -224,6 +225,10 @@ def test_model_info(client, trained_run):
     assert info["test_accuracy"] == trained_run.metrics["test_accuracy"]
     assert info["config"] == trained_run.config
     assert info["data"]["sha256"] == trained_run.data["sha256"] and info["data"]["dataset"] == "mnist"
+    # provenance without the server's folders: a local path is cut to its file name
+    assert Path(trained_run.data["cache"]).is_absolute()
+    assert info["data"]["cache"] == Path(trained_run.data["cache"]).name
+    assert not any(isinstance(v, str) and v.startswith("/") for v in info["data"].values())
     assert info["class_names"] == [str(d) for d in range(10)]
     assert info["parameters"] == trained_run.model.count_params() and info["report_url"] == "/report"
 
