@@ -241,7 +241,8 @@ def fastcnn(widths=(16, 32, 64), dropout: float = 0.0):
 @register("bestcnn", family="conv",
           description="ours, for the best accuracy: VGG-style pairs of 3x3 conv-BN-ReLU at 28, 14 and 7 pixels, "
                       "dropout, a dense head; trained with augmentation and label smoothing",
-          epochs=15, batch_size=128, lr=3e-3, optimizer="adam", schedule="onecycle", label_smoothing=0.1,
+          # 30 epochs: 99.71% mean over 3 seeds in ~26 min on 2 cores; 15 epochs gave 99.68% in half the time
+          epochs=30, batch_size=128, lr=3e-3, optimizer="adam", schedule="onecycle", label_smoothing=0.1,
           aug_shift=2.0, aug_rotate=10.0, aug_zoom=0.1)
 def bestcnn(widths=(32, 64, 128), dropout: float = 0.3, head: int = 256):
     import keras
