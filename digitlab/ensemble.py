@@ -23,11 +23,8 @@ TTA_SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))  # (down, right) in pixe
 
 
 def member_family(run: Run) -> str:
-    from digitlab.models import get_model_info
-    try:
-        return get_model_info(run.config.get("model", "")).family
-    except KeyError:  # an ensemble of ensembles, or a model this version doesn't know
-        return run.config.get("family", "conv")
+    # an ensemble of ensembles records its family; a model this version doesn't know counts as conv
+    return run.family or run.config.get("family", "conv")
 
 
 def open_members(paths) -> list[Run]:

@@ -110,6 +110,16 @@ class Run:
         return read_history(self.path / "history.csv")
 
     @property
+    def family(self) -> str | None:
+        """The registered family of the run's model ("dense", "conv"), which picks the backend; None for a
+        model this version doesn't register (an ensemble, a renamed model): the default backend loads it."""
+        from digitlab.models import get_model_info  # no keras: the backend may still be unchosen
+        try:
+            return get_model_info(self.config.get("model", "")).family
+        except KeyError:
+            return None
+
+    @property
     def class_names(self) -> list[str]:
         return self.data.get("class_names") or [str(d) for d in range(10)]
 

@@ -144,6 +144,7 @@ def test_to_json_has_no_array(inputs, model):
 class FakeRun:
     class_names = [str(d) for d in range(10)]
     config = {"model": "seed-ann"}
+    family = "dense"  # seed-ann's registered family (Run.family)
     model = "loaded"  # `predict` loads the model up front, to fail early on a broken file
 
     def __init__(self, model):

@@ -40,7 +40,7 @@ def run(args) -> int:
         the_run = open_run(args.run)
     except RunError as exc:
         return fail(str(exc))
-    choose_backend(_model_family(the_run))
+    choose_backend(the_run.family)
     try:
         the_run.model  # loaded now, so that a broken file is one clear error, not a traceback mid-batch
     except Exception as exc:  # Keras and h5py raise ValueError, OSError, JSONDecodeError, KeyError...
@@ -77,14 +77,6 @@ def _unloadable(path: Path, exc: Exception) -> str:
         why = f"{type(exc).__name__}: {exc}"
     return (f"cannot load the model {path} ({why}); train the run again with `digitlab train`, "
             f"or pass another run directory")
-
-
-def _model_family(the_run) -> str | None:
-    from digitlab.models import get_model_info
-    try:
-        return get_model_info(the_run.config.get("model", "")).family
-    except KeyError:  # a model no longer registered: the default backend still loads it
-        return None
 
 
 def _is_digits(names: list[str]) -> bool:

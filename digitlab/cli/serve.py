@@ -26,7 +26,6 @@ def add_parser(sub) -> None:
 
 
 def cmd_serve(args) -> int:
-    from digitlab.models import get_model_info
     from digitlab.runs import RunError, open_run
     try:
         run = open_run(args.run)
@@ -38,11 +37,7 @@ def cmd_serve(args) -> int:
     max_batch = MAX_BATCH if args.max_batch is None else args.max_batch
     if max_batch < 1:
         return fail(f"--max-batch must be at least 1, got {max_batch}")
-    try:  # the backend that runs this model family fastest (digitlab.backend)
-        family = get_model_info(run.config.get("model", "")).family
-    except KeyError:
-        family = None
-    choose_backend(family)
+    choose_backend(run.family)  # the backend that runs this model family fastest (digitlab.backend)
 
     # Bind first, so that a port in use is reported in a second, not after the model has loaded.
     try:
