@@ -27,6 +27,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from digitlab.runs import is_seed_group, read_metrics, read_seed_group
+
 ROOT = Path(__file__).resolve().parent.parent
 QUICK_TRAIN = ["--train-size", "10000"]  # --quick: a sixth of the data...
 QUICK_EPOCHS = 2  # ...for two epochs: every row's recipe end to end, in seconds to a minute
@@ -90,31 +92,31 @@ def run_row(row: Row, out: Path, seeds: int, quick: bool) -> dict:
     ran = False  # a finished row is read back: its load and wall time are those of the run that made it
     if row.ensemble_of:
         members = out / row.ensemble_of
-        seeds_list = json.loads((members / "seeds.json").read_text())["seeds"]
+        seeds_list = read_seed_group(members).seeds
         groups = [(folder / f"s{s}", [members / f"s{s}"]) for s in seeds_list] if row.each else [(folder, [members])]
         scores, secs = [], []
         for target, sources in groups:
-            if not (target / "metrics.json").exists():
+            if read_metrics(target) is None:
                 digitlab("ensemble", *map(str, sources), "--out", str(target), *(["--tta"] if row.tta else []))
                 ran = True
-            metrics = json.loads((target / "metrics.json").read_text())
-            scores.append(metrics["test_accuracy"])
-            secs.append(metrics.get("train_seconds") or 0.0)
+            metrics = read_metrics(target)
+            scores.append(metrics.test_accuracy)
+            secs.append(metrics.train_seconds or 0.0)
         result = {"seeds": len(seeds_list), "accuracy_mean": statistics.mean(scores),
                   "accuracy_std": statistics.stdev(scores) if len(scores) > 1 else 0.0, "accuracy_each": scores,
                   "train_seconds": statistics.mean(secs)}
     else:
-        meta = folder / "seeds.json"
-        summary = json.loads(meta.read_text()).get("summary") if meta.exists() else None
+        started = is_seed_group(folder)
+        summary = read_seed_group(folder).summary if started else None
         if summary is None:
             ran = True
-            if meta.exists():
+            if started:
                 digitlab("train", "--resume", str(folder), "--quiet")
             else:
                 extra = [*QUICK_TRAIN, "--epochs", str(QUICK_EPOCHS)] if quick else []
                 digitlab("train", "--model", row.model, *row.args, *extra, "--val", "0", "--seeds", str(seeds),
                          "--quiet", "--out", str(folder))
-            summary = json.loads(meta.read_text())["summary"]
+            summary = read_seed_group(folder).summary
         result = {"seeds": len(summary["seeds"]), "accuracy_mean": summary["test_accuracy_mean"],
                   "accuracy_std": summary["test_accuracy_std"], "accuracy_each": summary["test_accuracy"],
                   "train_seconds": summary["train_seconds_mean"], "train_seconds_each": summary["train_seconds"]}
@@ -166,7 +168,7 @@ def time_backends(out: Path) -> str:
     """Seconds per 60k-image epoch of each model on each backend: epoch 2 of a 2-epoch run (epoch 1 compiles)."""
     rows = ["| model | family | TensorFlow s/epoch | JAX s/epoch | faster |", "|---|---|---|---|---|"]
     sys.path.insert(0, str(ROOT))
-    from digitlab.models import get_model_info
+    from digitlab.registry import get_model_info
     for model in BACKEND_MODELS:
         secs = {}
         for backend in ("tensorflow", "jax"):

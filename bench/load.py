@@ -7,9 +7,9 @@
 
 A scenario is CLIENTSxRATE: each client sends RATE one-digit JSON requests per second on a fixed
 schedule (random phase, so clients don't fire together), or, with `max`, sends its next request as
-soon as the last one is answered. Without --url the script starts `digitlab serve --run` itself on a
-free 127.0.0.1 port and stops it at the end. Every request is one real MNIST test digit, fetched
-from the server's /api/sample, posted as {"pixels": 28x28}.
+soon as the last one is answered. Without --url the script starts `digitlab serve RUN` itself (RUN,
+given here as --run, is positional there) on a free 127.0.0.1 port and stops it at the end. Every
+request is one real MNIST test digit, fetched from the server's /api/sample, posted as {"pixels": 28x28}.
 
 The load generator is Python too and shares the machine's cores with the server, so it is part of
 what is measured: the table shows both processes' CPU use. Latency is measured by the client, from
@@ -181,7 +181,7 @@ class Connection(asyncio.Protocol):
         self.closed = False
 
     @classmethod
-    async def open(cls, host: str, port: int) -> "Connection":
+    async def open(cls, host: str, port: int) -> Connection:
         _, conn = await asyncio.get_running_loop().create_connection(cls, host, port)
         return conn
 
@@ -350,7 +350,8 @@ def _event_loop_runner():
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--run", required=True, help="run directory to serve (a trained run)")
+    p.add_argument("--run", required=True,
+                   help="the trained run to serve (without --url: started as `digitlab serve RUN`)")
     p.add_argument("--url", help="a server already running on 127.0.0.1 (default: start one on a free port)")
     p.add_argument("--server-pid", type=int, help="with --url: the server's pid, to report its memory and CPU")
     p.add_argument("--scenario", action="append", type=parse_scenario,

@@ -22,6 +22,8 @@ import tempfile
 import textwrap
 from pathlib import Path
 
+from digitlab.runs import read_metrics
+
 TUTORIAL = textwrap.dedent("""
     import json, sys, time
     import keras
@@ -64,8 +66,8 @@ def run_digitlab(seed: int, backend: str | None) -> dict:
         subprocess.run([sys.executable, "-m", "digitlab", "train", "--model", "seed-ann", "--val", "test",
                         "--seed", str(seed), "--out", str(run), "--quiet"], env=env, check=True,
                        capture_output=True, text=True)
-        m = json.loads((run / "metrics.json").read_text())
-    return {"seconds": m["train_seconds"], "accuracy": m["test_accuracy"], "backend": m["keras_backend"]}
+        m = read_metrics(run)
+    return {"seconds": m.train_seconds, "accuracy": m.test_accuracy, "backend": m.keras_backend}
 
 
 def main() -> None:
@@ -85,7 +87,7 @@ def main() -> None:
             print(f"# seed {seed} {name}: {r['seconds']:.1f} s, accuracy {r['accuracy']:.4f} ({r['backend']})",
                   file=sys.stderr, flush=True)
     base = statistics.mean(r["seconds"] for r in results[contenders[0][0]])
-    print(f"| program | backend | seeds | training s (mean ± sd) | test accuracy (mean ± sd) | time ratio |")
+    print("| program | backend | seeds | training s (mean ± sd) | test accuracy (mean ± sd) | time ratio |")
     print("|---|---|---|---|---|---|")
     for name, rs in results.items():
         secs = [r["seconds"] for r in rs]

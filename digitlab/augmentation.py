@@ -5,12 +5,29 @@
     aug = augment_from(cfg)          # from a TrainConfig's aug_* fields
     cfg_fields = PRESETS["affine"]   # named recipes for --augment
 
-Why numpy and not Keras' RandomTranslation / RandomRotation / RandomZoom layers: the transforms are
-drawn from a generator seeded by (seed, epoch), so an interrupted run resumes with exactly the
-images it would have seen; elastic distortion has no Keras layer; and the saved model stays a plain
-classifier that needs no preprocessing layers to load. All four transforms are folded into one
-sampling grid per image and applied with one bilinear gather, vectorised over the batch: about
-2-3 s for 60,000 images on one core (bench: `python -m digitlab.augmentation`).
+Why numpy and not Keras' RandomTranslation / RandomRotation / RandomZoom / RandomElasticTransform
+layers (checked against Keras 3.15): the transforms are drawn from a numpy generator seeded by
+(seed, epoch), so an interrupted run resumes with exactly the images it would have seen, and the draws
+are the same whichever Keras backend trains (each backend has its own random streams). Keras' elastic
+layer also can't express Simard's recipe: one `scale` sets both alpha (0.1 * scale * 28 px) and sigma
+(0.05 * scale * 28 px), drawn once per batch, with N(0, sigma) noise; on the TensorFlow backend its dx
+and dy come from the same seed, so every displacement lies on the diagonal (measured: |dx - dy| < 3e-6).
+And each layer resamples on its own (blurring the digit once per layer), while here all four transforms
+are folded into one sampling grid per image and applied with one bilinear gather, vectorised over the
+batch. The saved model stays a plain classifier that needs no preprocessing layers to load.
+
+Hand-written sampling and smoothing, not scipy.ndimage, because they are faster here. Measured on the
+60,000 training digits, one thread, best of 2-3 runs, the same draws (max |difference| from ours):
+                                                      affine   elastic   max |diff|
+    ours: gather (bilinear_sample) + G @ f @ G.T     1.1 s    1.9 s     -
+    map_coordinates(order=1), one call per image     1.7 s    3.7 s     2e-7, 3e-6
+    map_coordinates on the stacked (n, 28, 28) array 2.4 s    3.7 s     2e-7, 3e-6
+    affine_transform(order=1), one call per image    2.0 s    -         3e-6
+    (the scipy elastic rows smooth with gaussian_filter(sigma=(0, 0, 4, 4), truncate=3) over the chunk)
+The per-image calls pay Python and argument-checking overhead 60,000 times; the one 3-D call avoids
+that but interpolates trilinearly (8 taps, half of them on the integer image axis, weight 0); and
+gaussian_filter's line-by-line 1-D passes take 1.1 s for the 120,000 elastic fields where two batched
+BLAS products with a 28x28 matrix take 0.2 s. (bench: `python -m digitlab.augmentation`.)
 
 No flips. The tutorial suggests horizontal flips, but a mirrored digit is another symbol (a flipped
 2 or 5 is not a 2 or 5, a flipped 6 is no digit at all); flipping teaches the network wrong labels.
@@ -137,6 +154,7 @@ def bilinear_sample(images: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.nd
 
 def _bench() -> None:  # python -m digitlab.augmentation: seconds to augment the 60k training set
     import time
+
     from digitlab.data import load_mnist
     x = load_mnist().x_train
     for name in ("affine", "elastic"):

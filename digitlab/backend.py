@@ -20,8 +20,7 @@ DEFAULT = "tensorflow"
 def choose_backend(family: str | None) -> str:
     """Set KERAS_BACKEND for `family` unless the user chose one or keras is already loaded."""
     if "keras" in sys.modules:  # too late to switch: keras reads the variable once at import
-        import keras
-        return keras.backend.backend()
+        return sys.modules["keras"].backend.backend()
     if os.environ.get("KERAS_BACKEND"):
         return os.environ["KERAS_BACKEND"]
     wanted = FASTEST.get(family or "", DEFAULT)

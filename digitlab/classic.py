@@ -17,14 +17,16 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import re
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from digitlab.atomic import atomic_path
 from digitlab.data import NUM_CLASSES
+from digitlab.errors import USAGE, ConfigError, DigitlabError
 
 N_JOBS = 2  # worker threads per model (trees, neighbour search, OpenMP loops): the project's machines have 2
 # BLAS threads (matrix products inside L-BFGS and k-means). One, because OpenBLAS threads spin while they
@@ -97,7 +99,7 @@ def classic_spec(name: str) -> ClassicSpec | None:
         return None
     k = int(match.group(1))
     if k < NUM_CLASSES:
-        raise ValueError(f"{name}: k-means needs at least {NUM_CLASSES} clusters (one per class), got {k}")
+        raise ConfigError(f"{name}: k-means needs at least {NUM_CLASSES} clusters (one per class), got {k}")
     return ClassicSpec(name, f"k-means, {k} clusters, each labelled by majority vote (unsupervised)",
                        "kmeans", dict(n_clusters=k, **KMEANS_PARAMS))
 
@@ -131,7 +133,7 @@ class ClusterClassifier:
         self.max_iter = max_iter
         self.random_state = random_state
 
-    def fit(self, x: np.ndarray, y: np.ndarray) -> "ClusterClassifier":
+    def fit(self, x: np.ndarray, y: np.ndarray) -> ClusterClassifier:
         from sklearn.cluster import KMeans
         self.kmeans_ = KMeans(n_clusters=self.n_clusters, n_init=self.n_init, max_iter=self.max_iter,
                               random_state=self.random_state).fit(x)  # the labels are not used here
@@ -169,14 +171,14 @@ SEEDED = {"logreg", "rf", "xgboost", "kmeans", "svm"}  # estimators with a rando
 
 
 def resolved_params(name: str, overrides: dict | None = None) -> dict:
-    """The spec's hyperparameters with `overrides` applied; an unknown key is an error."""
+    """The spec's hyperparameters with `overrides` applied; an unknown name or key is a ConfigError."""
     spec = classic_spec(name)
     if spec is None:
-        raise KeyError(f"{name!r} is not a classic model; known: {', '.join(classic_names())}")
+        raise ConfigError(f"{name!r} is not a classic model; known: {', '.join(classic_names())}")
     params = dict(spec.params)
     for key, value in (overrides or {}).items():
         if key not in params:
-            raise KeyError(f"{name} has no setting {key!r}; settable: {', '.join(params)}")
+            raise ConfigError(f"{name} has no setting {key!r}; settable: {', '.join(params)}")
         params[key] = value
     return params
 
@@ -240,7 +242,6 @@ def _round_callback(on_round, total: int):
 @contextlib.contextmanager
 def _quiet_convergence():
     # L-BFGS stops at max_iter by design (see CLASSIC["logreg"]); the warning would only alarm users.
-    import warnings
     from sklearn.exceptions import ConvergenceWarning
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -254,8 +255,10 @@ XGBOOST_FILE = "model.ubj"  # XGBoost's own format (universal binary JSON): data
 JOBLIB_COMPRESS = 3  # zlib level: kNN stores its 60,000 training images; this shrinks them ~6x
 
 
-class ModelIntegrityError(RuntimeError):
-    """A saved model's bytes differ from the SHA-256 recorded when it was saved."""
+class ModelIntegrityError(DigitlabError, RuntimeError):
+    """A saved model's bytes differ from the SHA-256 recorded when it was saved; the message names --retrain."""
+
+    exit_code = USAGE  # as before the common base: the fix is an argument (--retrain)
 
 
 def sha256_file(path: str | Path) -> str:

@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass, field
+
+from digitlab.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -25,7 +28,7 @@ class TrainConfig:
     dataset: str = "mnist"  # mnist | fashion-mnist
     seed: int = 0  # seeds python, numpy, the backend, the validation split, shuffling and augmentation
     val: str = "5000"  # validation images held out of the training set, "0" for none, or "test" (the tutorial's choice)
-    train_size: int = 0  # use only the first N training images (stratified subset); 0 = all
+    train_size: int = 0  # train on a seeded, stratified sample of N of the training images; 0 = all
     # ---- optimisation
     epochs: int = 10  # passes over the training set
     batch_size: int = 32  # images per gradient step
@@ -33,7 +36,8 @@ class TrainConfig:
     optimizer: str = "adam"  # adam | adamw | sgd | rmsprop
     momentum: float = 0.9  # sgd only
     nesterov: bool = True  # sgd only
-    weight_decay: float = 0.0  # decoupled weight decay: each step w -= lr * weight_decay * w; 0 = none (adamw: Keras' 0.004)
+    # decoupled weight decay: each step w -= lr * weight_decay * w; 0 = none (adamw: Keras' 0.004)
+    weight_decay: float = 0.0
     label_smoothing: float = 0.0  # share of the target spread over all classes (0.1 is common); 0 = plain cross-entropy
     # ---- learning-rate schedule (digitlab.schedules)
     schedule: str = "constant"  # constant | step | cosine | onecycle
@@ -65,7 +69,7 @@ def parse_value(cls, key: str, raw):
     """Parse a CLI string into the type of field `key` of dataclass `cls`."""
     types = field_types(cls)
     if key not in types:
-        raise KeyError(f"unknown setting {key!r} for {cls.__name__}; known: {', '.join(types)}")
+        raise ConfigError(f"unknown setting {key!r} for {cls.__name__}; known: {', '.join(types)}")
     kind = types[key]
     if not isinstance(raw, str):
         if kind is float and isinstance(raw, int) and not isinstance(raw, bool):
@@ -81,7 +85,7 @@ def parse_value(cls, key: str, raw):
         if kind is dict:
             return json.loads(raw)
     except ValueError as exc:
-        raise ValueError(f"{key} must be of type {getattr(kind, '__name__', kind)}, got {raw!r}") from exc
+        raise ConfigError(f"{key} must be of type {getattr(kind, '__name__', kind)}, got {raw!r}") from exc
     return raw
 
 
@@ -108,29 +112,33 @@ CHOICES = {  # fields with a closed set of values, checked by validate()
 
 
 def validate(cfg: TrainConfig) -> TrainConfig:
-    """Return `cfg` if its values make sense together; otherwise raise ValueError saying what to change."""
+    """Return `cfg` if its values make sense together; otherwise raise ConfigError saying what to change."""
+    for f in dataclasses.fields(cfg):  # NaN passes every comparison below, and json writes it as invalid NaN
+        value = getattr(cfg, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{f.name} must be a finite number, got {value}")
     for key, allowed in CHOICES.items():
         if getattr(cfg, key) not in allowed:
-            raise ValueError(f"unknown {key} {getattr(cfg, key)!r}; choose one of: {', '.join(allowed)}")
+            raise ConfigError(f"unknown {key} {getattr(cfg, key)!r}; choose one of: {', '.join(allowed)}")
     if cfg.epochs < 1 or cfg.batch_size < 1:
-        raise ValueError(f"epochs and batch_size must be at least 1, got {cfg.epochs} and {cfg.batch_size}")
+        raise ConfigError(f"epochs and batch_size must be at least 1, got {cfg.epochs} and {cfg.batch_size}")
     if cfg.lr <= 0:
-        raise ValueError(f"lr must be positive, got {cfg.lr}")
+        raise ConfigError(f"lr must be positive, got {cfg.lr}")
     if not 0 <= cfg.label_smoothing < 1:
-        raise ValueError(f"label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
+        raise ConfigError(f"label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
     if not 0 <= cfg.warmup_epochs < cfg.epochs:
-        raise ValueError(f"warmup_epochs must be in [0, epochs={cfg.epochs}), got {cfg.warmup_epochs}")
+        raise ConfigError(f"warmup_epochs must be in [0, epochs={cfg.epochs}), got {cfg.warmup_epochs}")
     if cfg.schedule == "step" and (cfg.step_epochs < 1 or not 0 < cfg.step_gamma <= 1):
-        raise ValueError("the step schedule needs step_epochs >= 1 and 0 < step_gamma <= 1")
+        raise ConfigError("the step schedule needs step_epochs >= 1 and 0 < step_gamma <= 1")
     for key in ("aug_shift", "aug_rotate", "aug_zoom", "aug_elastic_alpha", "weight_decay", "early_stopping"):
         if getattr(cfg, key) < 0:
-            raise ValueError(f"{key} must not be negative, got {getattr(cfg, key)}")
+            raise ConfigError(f"{key} must not be negative, got {getattr(cfg, key)}")
     if cfg.aug_zoom >= 1:
-        raise ValueError(f"aug_zoom is a fraction below 1 (0.1 = 90% to 110%), got {cfg.aug_zoom}")
+        raise ConfigError(f"aug_zoom is a fraction below 1 (0.1 = 90% to 110%), got {cfg.aug_zoom}")
     if cfg.aug_elastic_alpha > 0 and cfg.aug_elastic_sigma <= 0:
-        raise ValueError("elastic distortion needs aug_elastic_sigma > 0 (4 to 6 pixels is usual)")
+        raise ConfigError("elastic distortion needs aug_elastic_sigma > 0 (4 to 6 pixels is usual)")
     no_val = str(cfg.val) == "0"
     if (cfg.early_stopping or cfg.save_best) and no_val and cfg.monitor.startswith("val_"):
-        raise ValueError(f"early stopping and save_best watch {cfg.monitor}, but there is no validation set (val=0): "
+        raise ConfigError(f"early stopping and save_best watch {cfg.monitor}, but there is no validation set (val=0): "
                          "hold some images out (--val 5000) or watch the training figures (--monitor loss)")
     return cfg

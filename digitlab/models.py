@@ -1,8 +1,7 @@
-"""Model registry: each model is one registered builder, looked up by name.
+"""Model builders, one per entry of the model table (digitlab.registry), looked up by name.
 
     model = create_model("seed-ann")          # an uncompiled keras.Model
     model = create_model("mlp", hidden=[512, 256], dropout=[0.2, 0.5], l2=1e-4)
-    info = get_model_info("fastcnn")          # family, description, training recipe (defaults)
 
     seed-ann  the tutorial's network, unchanged
     mlp       configurable MLP: hidden sizes, activation, dropout per layer, batch norm, L1/L2, max-norm
@@ -13,83 +12,48 @@
 
 Every model takes (batch, 28, 28) float32 images scaled to [0, 1] and returns class
 **probabilities** (a softmax output), as the tutorial's network does; losses are built for that.
-A model's registered defaults are its training recipe (`digitlab models` prints them); CLI flags
-override them. Registering touches no keras: the CLI reads a model's family first to pick the backend.
+Importing this module imports Keras: choose the backend first (digitlab.backend). Names, families
+and recipes are in digitlab.registry, which does not.
 """
 from __future__ import annotations
 
-import inspect
-from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable
+
+import keras
+from keras import layers
 
 from digitlab.data import IMAGE_SIZE, NUM_CLASSES
-
+from digitlab.errors import ConfigError
+from digitlab.registry import MLP_ACTIVATIONS, check_params, get_model_info, int_list
 
 # Batch-norm momentum for every model here. Keras' default 0.99 leaves the running statistics near
 # their initial values for the first few hundred steps, so a short run evaluates badly; 0.9 settles
 # within ~50 steps.
 BN_MOMENTUM = 0.9
 
-
-@dataclass(frozen=True)
-class ModelInfo:
-    name: str
-    family: str  # "dense" or "conv": decides the default backend (digitlab.backend)
-    build: Callable  # build(**params) -> keras.Model
-    description: str
-    defaults: dict = field(default_factory=dict)  # training settings this model is meant to use
+BUILDERS: dict[str, Callable] = {}  # registry name -> build(**params) -> keras.Model
 
 
-_REGISTRY: dict[str, ModelInfo] = {}
-
-
-def register(name: str, family: str, description: str, **defaults):
-    """Decorator: add a builder to the registry under `name`."""
+def builder(name: str):
+    """Decorator: the builder of registry entry `name`."""
     def decorator(build):
-        if name in _REGISTRY:
-            raise ValueError(f"model {name!r} registered twice")
-        _REGISTRY[name] = ModelInfo(name, family, build, description, defaults)
+        get_model_info(name)  # only models in the table get a builder
+        if name in BUILDERS:
+            raise ValueError(f"model {name!r} has two builders")
+        BUILDERS[name] = build
         return build
     return decorator
 
 
-def model_names() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def get_model_info(name: str) -> ModelInfo:
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown model {name!r}; known models: {', '.join(model_names())}")
-    return _REGISTRY[name]
-
-
-def create_model(name: str, **params):
+def create_model(name: str, **params) -> keras.Model:
     check_params(name, params)
-    return get_model_info(name).build(**params)
-
-
-def model_params(name: str) -> dict:
-    """The builder's keyword parameters and their defaults, e.g. {"hidden": (1024, 1024), ...}."""
-    sig = inspect.signature(get_model_info(name).build)
-    return {k: p.default for k, p in sig.parameters.items()}
-
-
-def check_params(name: str, params: dict) -> None:
-    """Fail early, naming the known parameters, when `params` has one the model's builder doesn't take."""
-    known = model_params(name)
-    unknown = sorted(set(params) - set(known))
-    if unknown:
-        takes = ", ".join(known) if known else "none"
-        raise ValueError(f"model {name!r} has no parameter {', '.join(map(repr, unknown))} (its parameters: {takes})")
+    return BUILDERS[name](**params)
 
 
 # ---------------------------------------------------------------- the tutorial's network
 
-@register("seed-ann", family="dense",
-          description="the tutorial's network: Flatten -> Dense(128, relu) -> Dropout(0.2) -> Dense(10, softmax)",
-          epochs=10, batch_size=32, lr=1e-3, optimizer="adam")
+@builder("seed-ann")
 def seed_ann():
-    import keras
     return keras.Sequential([
         keras.Input((IMAGE_SIZE, IMAGE_SIZE)),
         keras.layers.Flatten(),
@@ -101,9 +65,7 @@ def seed_ann():
 
 # ---------------------------------------------------------------- configurable MLP
 
-@register("mlp", family="dense",
-          description="configurable MLP: --hidden sizes, activation, dropout per layer, batch norm, L1/L2, max-norm",
-          epochs=30, batch_size=128, lr=1e-3, optimizer="adam", schedule="onecycle", label_smoothing=0.1)
+@builder("mlp")
 def mlp(hidden=(1024, 1024), activation: str = "relu", dropout=0.3, input_dropout: float = 0.0,
         batchnorm: bool = False, l1: float = 0.0, l2: float = 0.0, max_norm: float = 0.0):
     """Flatten -> [Dense -> (BatchNorm) -> activation -> Dropout] per hidden size -> Dense(10, softmax).
@@ -112,12 +74,10 @@ def mlp(hidden=(1024, 1024), activation: str = "relu", dropout=0.3, input_dropou
     added to the loss (the tutorial's regularizers.l2(0.01) is l2=0.01); max_norm: cap on the L2 norm
     of each unit's incoming weights (Hinton et al. 2012 use 3-4 with dropout); 0 = off.
     """
-    import keras
-    from keras import layers
-    hidden = _int_list(hidden, "hidden")
+    hidden = int_list(hidden, "hidden")
     rates = _per_layer(dropout, len(hidden), "dropout")
     if activation not in MLP_ACTIVATIONS:
-        raise ValueError(f"unknown activation {activation!r}; choose one of: {', '.join(MLP_ACTIVATIONS)}")
+        raise ConfigError(f"unknown activation {activation!r}; choose one of: {', '.join(MLP_ACTIVATIONS)}")
     regularizer = keras.regularizers.L1L2(l1=l1, l2=l2) if (l1 or l2) else None
     constraint = keras.constraints.MaxNorm(max_norm) if max_norm else None
     stack = [keras.Input((IMAGE_SIZE, IMAGE_SIZE)), layers.Flatten()]
@@ -135,24 +95,6 @@ def mlp(hidden=(1024, 1024), activation: str = "relu", dropout=0.3, input_dropou
     return keras.Sequential(stack, name="mlp")
 
 
-MLP_ACTIVATIONS = ("relu", "tanh", "sigmoid", "gelu")
-
-
-def _int_list(value, name: str) -> list[int]:
-    """512,256 / [512, 256] / 512 -> [512, 256] / [512]."""
-    if isinstance(value, str):
-        value = [v for v in value.replace(" ", "").split(",") if v]
-    if isinstance(value, (int, float)):
-        value = [value]
-    try:
-        out = [int(v) for v in value]
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name} must be a list of sizes like 512,256, got {value!r}") from exc
-    if not out or any(v < 1 for v in out):
-        raise ValueError(f"{name} needs at least one positive size, got {value!r}")
-    return out
-
-
 def _per_layer(value, n: int, name: str) -> list[float]:
     """One value for all n layers, or exactly n values."""
     if isinstance(value, str):
@@ -161,20 +103,16 @@ def _per_layer(value, n: int, name: str) -> list[float]:
     if len(values) == 1:
         values = values * n
     if len(values) != n:
-        raise ValueError(f"{name} needs one value or one per hidden layer ({n}), got {value!r}")
+        raise ConfigError(f"{name} needs one value or one per hidden layer ({n}), got {value!r}")
     if any(not 0 <= v < 1 for v in values):
-        raise ValueError(f"{name} rates must be in [0, 1), got {value!r}")
+        raise ConfigError(f"{name} rates must be in [0, 1), got {value!r}")
     return values
 
 
 # ---------------------------------------------------------------- classic CNNs
 
-@register("lenet5", family="conv",
-          description="LeNet-5 (LeCun et al. 1998): two 5x5 tanh conv + average-pool stages, then 120-84-10",
-          epochs=10, batch_size=64, lr=1e-3, optimizer="adam")
+@builder("lenet5")
 def lenet5():
-    import keras
-    from keras import layers
     return keras.Sequential([
         keras.Input((IMAGE_SIZE, IMAGE_SIZE)),
         layers.Reshape((IMAGE_SIZE, IMAGE_SIZE, 1)),
@@ -189,12 +127,8 @@ def lenet5():
     ], name="lenet5")
 
 
-@register("convnet", family="conv",
-          description="keras-io's simple MNIST convnet: conv32-pool-conv64-pool-dropout(0.5)-dense",
-          epochs=15, batch_size=128, lr=1e-3, optimizer="adam")
+@builder("convnet")
 def convnet():
-    import keras
-    from keras import layers
     return keras.Sequential([
         keras.Input((IMAGE_SIZE, IMAGE_SIZE)),
         layers.Reshape((IMAGE_SIZE, IMAGE_SIZE, 1)),
@@ -212,20 +146,14 @@ def convnet():
 
 def _conv_bn(x, filters: int, name: str):
     """3x3 conv -> batch norm -> ReLU; no conv bias, since BN's shift does that job."""
-    from keras import layers
     x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv")(x)
     x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
-@register("fastcnn", family="conv",
-          description="ours, for time to accuracy on a CPU: three 3x3 conv-BN-ReLU stages, pooling after each, "
-                      "so most work happens on 14x14 and 7x7 maps",
-          epochs=3, batch_size=256, lr=1.5e-2, optimizer="adam", schedule="onecycle", label_smoothing=0.1)
+@builder("fastcnn")
 def fastcnn(widths=(16, 32, 64), dropout: float = 0.0):
-    import keras
-    from keras import layers
-    widths = _int_list(widths, "widths")
+    widths = int_list(widths, "widths")
     inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE))
     x = layers.Reshape((IMAGE_SIZE, IMAGE_SIZE, 1))(inputs)
     for i, w in enumerate(widths):
@@ -238,16 +166,9 @@ def fastcnn(widths=(16, 32, 64), dropout: float = 0.0):
     return keras.Model(inputs, outputs, name="fastcnn")
 
 
-@register("bestcnn", family="conv",
-          description="ours, for the best accuracy: VGG-style pairs of 3x3 conv-BN-ReLU at 28, 14 and 7 pixels, "
-                      "dropout, a dense head; trained with augmentation and label smoothing",
-          # 30 epochs: 99.71% mean over 3 seeds in ~26 min on 2 cores; 15 epochs gave 99.68% in half the time
-          epochs=30, batch_size=128, lr=3e-3, optimizer="adam", schedule="onecycle", label_smoothing=0.1,
-          aug_shift=2.0, aug_rotate=10.0, aug_zoom=0.1)
+@builder("bestcnn")
 def bestcnn(widths=(32, 64, 128), dropout: float = 0.3, head: int = 256):
-    import keras
-    from keras import layers
-    widths = _int_list(widths, "widths")
+    widths = int_list(widths, "widths")
     inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE))
     x = layers.Reshape((IMAGE_SIZE, IMAGE_SIZE, 1))(inputs)
     for i, w in enumerate(widths):

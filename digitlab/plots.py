@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 from digitlab.atomic import write_bytes_atomic  # noqa: E402
 
 
-def _to_png(fig) -> bytes:
+def figure_png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -28,12 +28,12 @@ def save_png(path: str | Path, png: bytes) -> None:
     write_bytes_atomic(path, png)
 
 
-def history_png(history: list[dict], metric: str) -> bytes:
+def history_png(history: list, metric: str) -> bytes:
     """The tutorial's plot: training and validation `metric` per epoch."""
-    epochs = [int(r["epoch"]) for r in history]
+    epochs = [r.epoch for r in history]
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(epochs, [r.get(metric) for r in history], "o-", label=metric)
-    val = [r.get(f"val_{metric}") for r in history]
+    ax.plot(epochs, [getattr(r, metric) for r in history], "o-", label=metric)
+    val = [getattr(r, f"val_{metric}") for r in history]
     if any(v is not None for v in val):
         ax.plot(epochs, val, "s-", label=f"val_{metric}")
     ax.set_xlabel("epoch")
@@ -41,7 +41,7 @@ def history_png(history: list[dict], metric: str) -> bytes:
     ax.set_title(f"{metric} per epoch")
     ax.grid(alpha=0.3)
     ax.legend()
-    return _to_png(fig)
+    return figure_png(fig)
 
 
 def confusion_matrix_png(cm: np.ndarray, class_names) -> bytes:
@@ -67,7 +67,7 @@ def confusion_matrix_png(cm: np.ndarray, class_names) -> bytes:
                 ax.text(j, i, format(mat[i, j], fmt), ha="center", va="center", fontsize=7,
                         color="white" if mat[i, j] > thresh else "black")
     fig.tight_layout()
-    return _to_png(fig)
+    return figure_png(fig)
 
 
 def digit_grid_png(images, titles, cols: int = 10, title: str | None = None) -> bytes:
@@ -76,7 +76,7 @@ def digit_grid_png(images, titles, cols: int = 10, title: str | None = None) -> 
         fig, ax = plt.subplots(figsize=(4, 1))
         ax.axis("off")
         ax.text(0.5, 0.5, "nothing to show", ha="center", va="center")
-        return _to_png(fig)
+        return figure_png(fig)
     rows = (n + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.3, rows * 1.75), squeeze=False)
     for ax in axes.flat:
@@ -87,7 +87,7 @@ def digit_grid_png(images, titles, cols: int = 10, title: str | None = None) -> 
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    return _to_png(fig)
+    return figure_png(fig)
 
 
 def misclassified_png(x, y_true, proba, order, class_names, limit: int = 40) -> bytes:

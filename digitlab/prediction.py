@@ -1,6 +1,6 @@
 """Predict digits in image files and .npy arrays: each file on its own, one batch through the model.
 
-    results = predict_paths(run.predict_proba, ["my_7.png", "scans/"], save_input_dir="seen/")
+    results = predict_paths(Predictor.from_run(run), ["my_7.png", "scans/"], save_input_dir="seen/")
     [r.to_json() for r in results]   # path, index, digit, probability, top3, error
 
 A bad file gets an entry with `error` set (the message says what is wrong and what to do); the
@@ -9,20 +9,19 @@ files must already hold MNIST-style digits, (28, 28) or (n, 28, 28), one entry p
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 
 from digitlab.atomic import write_bytes_atomic
-from digitlab.preprocessing import InputImageError, read_image_file, read_npy, to_mnist, to_png_bytes
+from digitlab.errors import InputImageError
+from digitlab.predictor import TOP_K, Predictor
+from digitlab.preprocessing import read_image_file, read_npy, to_mnist, to_png_bytes
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 INPUT_SUFFIXES = IMAGE_SUFFIXES + (".npy",)
-TOP_K = 3
-
-PredictProba = Callable[[np.ndarray], np.ndarray]  # (n, 28, 28) float32 in [0, 1] -> (n, 10)
 
 
 @dataclass
@@ -72,7 +71,7 @@ def load_digits(path: Path) -> list[tuple[int | None, np.ndarray]]:
     return [(None, to_mnist(read_image_file(path)))]
 
 
-def predict_paths(predict_proba: PredictProba, paths: Iterable[str | Path],
+def predict_paths(predictor: Predictor, paths: Iterable[str | Path],
                   save_input_dir: str | Path | None = None) -> list[FilePrediction]:
     """One FilePrediction per digit found (several per multi-digit .npy), in input order."""
     if save_input_dir is not None:
@@ -95,13 +94,9 @@ def predict_paths(predict_proba: PredictProba, paths: Iterable[str | Path],
     good = [r for r in results if r.ok]
     if good:
         x = np.stack([r.input28 for r in good]).astype(np.float32)  # (n, 28, 28)
-        proba = np.asarray(predict_proba(x), dtype=np.float64)
-        if proba.ndim != 2 or len(proba) != len(good):
-            raise ValueError(f"predict_proba returned shape {proba.shape} for {len(good)} images, "
-                             f"expected (n, classes)")
-        for r, p in zip(good, proba):
-            order = np.argsort(-p, kind="stable")[:TOP_K]
-            r.top3 = [(int(c), float(p[c])) for c in order]
+        proba = np.asarray(predictor.predict_proba(x), dtype=np.float64)
+        for r, p in zip(good, proba, strict=True):
+            r.top3 = Predictor.top_k(p, TOP_K)
             r.digit, r.probability = r.top3[0]
 
     if save_input_dir is not None:

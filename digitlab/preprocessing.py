@@ -28,6 +28,9 @@ import numpy as np
 from PIL import Image, ImageOps
 from scipy import ndimage
 
+from digitlab.data import scale
+from digitlab.errors import InputImageError
+
 SIZE = 28  # MNIST field, pixels
 DIGIT_BOX = 20  # longer side of the digit's bounding box inside the field, pixels (LeCun)
 CENTRE = (14.0, 14.0)  # (row, col) where MNIST's centre of mass sits, in array indices
@@ -54,10 +57,6 @@ STROKE_TARGET = 2.5  # px: ...to this, MNIST's median pen
 THICKEN_SIDE = 128  # px: a larger digit is max-pooled to about this longer side to be thickened
 LOOP_MIN = 1.0  # px in the 20-px box: thickening may close loops of a smaller inner radius...
 LOOP_KEEP = 0.5  # ...and keeps this share of the inner radius of larger ones
-
-
-class InputImageError(ValueError):
-    """The input can't be turned into a digit; the message names the problem and the fix."""
 
 
 class NotAnImageError(InputImageError):
@@ -232,7 +231,7 @@ def _unit_float(arr, what: str) -> np.ndarray:
     if a.dtype.kind in "ui":
         if a.size and (a.min() < 0 or a.max() > 255):
             raise BadArrayError(f"{what} has integer values {a.min()}..{a.max()}: expected 0..255")
-        return a.astype(np.float32) / 255.0  # the scaling every model is trained with
+        return scale(a)  # the scaling every model is trained with
     if a.dtype.kind != "f":
         raise BadArrayError(f"{what} has dtype {a.dtype}: expected uint8 0..255 or floats in [0, 1]")
     if not np.isfinite(a).all():

@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import math
 
+import keras
 import numpy as np
+
+from digitlab.errors import ConfigError
 
 ONECYCLE_RISE = 0.25  # onecycle without --warmup-epochs: share of the run spent rising to the peak
 ONECYCLE_START = 0.04  # onecycle starts at this fraction of the peak (fastai's div_factor of 25)
@@ -54,7 +57,7 @@ def multiplier(step, p: dict, ops):
     elif kind == "onecycle":
         main = 1.0 - t
     else:
-        raise ValueError(f"unknown schedule {kind!r}; choose constant, step, cosine or onecycle")
+        raise ConfigError(f"unknown schedule {kind!r}; choose constant, step, cosine or onecycle")
     return ops.where(step < w, rising, main)
 
 
@@ -67,33 +70,18 @@ def make_learning_rate(cfg, steps_per_epoch: int):
     """A float for a constant rate without warm-up, else a serialisable keras schedule."""
     if cfg.schedule == "constant" and cfg.warmup_epochs == 0:
         return cfg.lr
-    return _schedule_class()(**schedule_params(cfg, steps_per_epoch))
+    return Schedule(**schedule_params(cfg, steps_per_epoch))
 
 
-_CLASS = None
+@keras.saving.register_keras_serializable(package="digitlab")
+class Schedule(keras.optimizers.schedules.LearningRateSchedule):
+    """The curve above as a Keras schedule; registered, so a model file's optimiser can be rebuilt."""
 
+    def __init__(self, **params):
+        self.params = params
 
-def _schedule_class():
-    """Define (once) the keras schedule; keras is imported late so the CLI can still pick the backend."""
-    global _CLASS
-    if _CLASS is None:
-        import keras
+    def __call__(self, step):
+        return self.params["peak"] * multiplier(step, self.params, keras.ops)
 
-        @keras.saving.register_keras_serializable(package="digitlab")
-        class Schedule(keras.optimizers.schedules.LearningRateSchedule):
-            def __init__(self, **params):
-                self.params = params
-
-            def __call__(self, step):
-                return self.params["peak"] * multiplier(step, self.params, keras.ops)
-
-            def get_config(self):
-                return dict(self.params)
-
-        _CLASS = Schedule
-    return _CLASS
-
-
-def register() -> None:
-    """Make saved optimisers with our schedule loadable (call before keras.saving.load_model(compile=True))."""
-    _schedule_class()
+    def get_config(self):
+        return dict(self.params)

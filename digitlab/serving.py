@@ -11,11 +11,12 @@ Routes: `/` the drawing page (digitlab/static), `POST /api/predict`, `GET /api/m
 `GET /api/sample` (a random test digit and the model's answer), `/report` (the run's report.html),
 `/docs` (OpenAPI). Every bad input gets a 4xx `{"error": kind, "detail": what to do}`.
 
-Speed: the model runs in one worker thread, so the event loop keeps reading requests while it
-works, and requests that arrive during a forward pass share the next one (micro-batching; batches
-are padded to a few fixed sizes so JAX and TensorFlow compile each size once, at start-up). Image
-decoding and normalisation run in other threads, at most PREPROCESS_CONCURRENCY at a time, which
-bounds the memory that large uploads can take.
+Speed: the model (a digitlab.predictor.Predictor) runs in one worker thread, so the event loop keeps
+reading requests while it works, and requests that arrive during a forward pass share the next one
+(micro-batching; batches are padded to a few fixed sizes so JAX and TensorFlow compile each size once,
+at start-up). Image decoding and normalisation run in other threads, at most PREPROCESS_CONCURRENCY at
+a time, which bounds the CPU and the decoded-image memory that uploads can take. The run is read once,
+at start-up: what /api/model and /api/health report is what is loaded and serving.
 """
 from __future__ import annotations
 
@@ -38,8 +39,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from digitlab import preprocessing as pp
-from digitlab.data import scale
-from digitlab.runs import Run, open_run
+from digitlab.data import DataUnavailableError, load_dataset, scale
+from digitlab.environment import keras_backend
+from digitlab.predictor import Predictor
+from digitlab.runs import Run, open_run, to_json
 
 STATIC_DIR = Path(__file__).parent / "static"
 MAX_BATCH = 64  # images per forward pass at most; a full queue is drained in several passes
@@ -138,16 +141,16 @@ def bucket(n: int) -> int:
 
 
 class BatchedModel:
-    """Runs a Keras model in one worker thread; requests that queue up meanwhile share a forward pass.
+    """Runs a Predictor in one worker thread; requests that queue up meanwhile share a forward pass.
 
-        batched = BatchedModel(model); batched.warm_up()
+        batched = BatchedModel(Predictor.from_run(run)); batched.warm_up()
         proba, model_ms, batch_size = await batched.predict(x28)    # inside the event loop
     """
 
-    def __init__(self, model, max_batch: int = MAX_BATCH):
+    def __init__(self, predictor: Predictor, max_batch: int = MAX_BATCH):
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
-        self.model = model
+        self.predictor = predictor
         self.max_batch = max_batch
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="digitlab-model")
         self._queue: list[tuple[np.ndarray, asyncio.Future]] = []
@@ -159,8 +162,7 @@ class BatchedModel:
         size = bucket(n)
         if size > n:
             x = np.concatenate([x, np.zeros((size - n, *x.shape[1:]), dtype=np.float32)])
-        # predict_on_batch, not predict(): the latter costs ~30 ms a call on TensorFlow.
-        return np.asarray(self.model.predict_on_batch(x), dtype=np.float32)[:n]
+        return self.predictor.predict_proba(x)[:n]
 
     def warm_up(self) -> None:
         """Compile every batch size once now, not on the first requests that need it."""
@@ -215,8 +217,11 @@ class Service:
         self.run = run
         self.max_batch = max_batch
         self.class_names = run.class_names
+        self.model_name = run.config.model
+        self.has_report = (run.path / "report.html").exists()
         self.started = time.monotonic()
         self.batched: BatchedModel | None = None
+        self._info: ModelInfo | None = None
         self._test_set: tuple[np.ndarray, np.ndarray] | None = None
 
     async def start(self) -> None:
@@ -226,8 +231,10 @@ class Service:
         self.batched = await asyncio.to_thread(self._load_model)
 
     def _load_model(self) -> BatchedModel:
-        batched = BatchedModel(self.run.model, self.max_batch)
+        predictor = Predictor.from_run(self.run)
+        batched = BatchedModel(predictor, self.max_batch)
         batched.warm_up()
+        self._info = self._describe(predictor)  # read once: later edits of the run folder change nothing here
         return batched
 
     def close(self) -> None:
@@ -236,8 +243,7 @@ class Service:
 
     async def predict(self, x28: np.ndarray, started: float, preprocess_ms: float) -> Prediction:
         proba, model_ms, batch_size = await self.batched.predict(x28)
-        order = np.argsort(-proba)
-        top = [TopClass(digit=int(i), label=self.class_names[i], probability=float(proba[i])) for i in order[:3]]
+        top = [TopClass(digit=c, label=self.class_names[c], probability=p) for c, p in Predictor.top_k(proba, 3)]
         png = pp.to_png_bytes(x28)
         return Prediction(
             digit=top[0].digit, label=top[0].label, probabilities=[float(p) for p in proba], top3=top,
@@ -253,8 +259,7 @@ class Service:
         """The run's test images and labels, loaded on first use (start-up must not wait for data)."""
         async with self._test_set_lock:
             if self._test_set is None:
-                from digitlab.data import DataUnavailableError, load_dataset
-                name = self.run.data.get("dataset", "mnist")
+                name = self.run.config.dataset
                 try:
                     ds = await asyncio.to_thread(load_dataset, name)
                 except DataUnavailableError as exc:
@@ -263,15 +268,20 @@ class Service:
             return self._test_set
 
     def info(self) -> ModelInfo:
-        metrics = self.run.metrics or {}
-        config = self.run.config
+        return self._info
+
+    def _describe(self, predictor: Predictor) -> ModelInfo:
+        metrics = self.run.metrics
         return ModelInfo(
-            name=config.get("model", "unknown"), run=self.run.path.name,
-            test_accuracy=metrics.get("test_accuracy"), test_loss=metrics.get("test_loss"),
-            test_errors=metrics.get("test_errors"), test_images=metrics.get("test_images"),
-            parameters=int(self.run.model.count_params()), keras_backend=_keras_backend(),
-            class_names=list(self.class_names), config=config, data=public_provenance(self.run.data),
-            report_url="/report" if (self.run.path / "report.html").exists() else None)
+            name=self.model_name, run=self.run.path.name,
+            test_accuracy=metrics.test_accuracy if metrics else None,
+            test_loss=metrics.test_loss if metrics else None,
+            test_errors=metrics.test_errors if metrics else None,
+            test_images=metrics.test_images if metrics else None,
+            parameters=predictor.parameters or 0, keras_backend=keras_backend() or "unknown",
+            class_names=list(self.class_names), config=to_json(self.run.config),
+            data=public_provenance(to_json(self.run.data)),
+            report_url="/report" if self.has_report else None)
 
 
 def public_provenance(data: dict) -> dict:
@@ -286,11 +296,6 @@ def public_provenance(data: dict) -> dict:
 
 def _image_to_mnist(data: bytes) -> np.ndarray:
     return pp.to_mnist(pp.read_image_bytes(data))
-
-
-def _keras_backend() -> str:
-    import keras
-    return keras.backend.backend()
 
 
 # ---------------------------------------------------------------- reading requests
@@ -451,8 +456,7 @@ def create_app(run_path: str | Path, max_batch: int = MAX_BATCH) -> FastAPI:
 
     @app.get("/api/health", response_model=Health)
     async def health() -> Health:
-        name = run.config.get("model", "unknown")
-        return Health(status="ok", model=name, uptime_s=round(time.monotonic() - service.started, 3))
+        return Health(status="ok", model=service.model_name, uptime_s=round(time.monotonic() - service.started, 3))
 
     @app.get("/api/sample", response_model=Sample, responses={503: {"model": ErrorResponse}},
              summary="A random test image (or the one at `index`), its true label and the model's answer")

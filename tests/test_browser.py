@@ -38,6 +38,7 @@ DIGITS = {
 def server_url(trained_run):
     """A real uvicorn server for the trained run, on a free loopback port, in a thread."""
     import uvicorn
+
     from digitlab.serving import create_app
 
     sock = socket.socket()

@@ -13,6 +13,8 @@ import pytest
 
 from digitlab import classic
 from digitlab import comparison as cmp
+from digitlab.data import prepare_split
+from digitlab.runs import read_metrics
 
 TRAIN, TEST = 2000, 500
 # Fewer trees, rounds, restarts and epochs than the real defaults: the suite must stay fast.
@@ -54,28 +56,28 @@ def test_default_models_cover_the_tutorial_table():
 @pytest.mark.parametrize("name", list(GATES))
 def test_every_model_trains_scores_and_saves(small, name):
     board, out, events = small
-    row = next(r for r in board.rows if r["model"] == name)
-    assert GATES[name] <= row["test_accuracy"] < 1.0
-    assert row["train_images"] == TRAIN and row["test_images"] == TEST
-    assert row["ci95_low"] < row["test_accuracy"] < row["ci95_high"]
-    assert row["train_seconds"] > 0 and row["predict_seconds_per_10k"] > 0 and row["size_bytes"] > 0
+    row = next(r for r in board.rows if r.model == name)
+    assert GATES[name] <= row.test_accuracy < 1.0
+    assert row.train_images == TRAIN and row.test_images == TEST
+    assert row.ci95_low < row.test_accuracy < row.ci95_high
+    assert row.train_seconds > 0 and row.predict_seconds_per_10k > 0 and row.size_bytes > 0
     folder = out / name
     for artefact in ("report.html", "confusion_matrix.csv", "confusion_matrix.png", "classification_report.txt",
                      "metrics.json"):
         assert (folder / artefact).is_file(), artefact
-    manifest = json.loads((folder / cmp.MANIFEST).read_text())
-    assert classic.sha256_file(folder / manifest["model_file"]) == manifest["model_sha256"]
-    assert (folder / manifest["model_file"]).stat().st_size == row["size_bytes"]
+    manifest = cmp.read_manifest(folder)
+    assert classic.sha256_file(folder / manifest.model_file) == manifest.model_sha256
+    assert (folder / manifest.model_file).stat().st_size == row.size_bytes
     # The evaluation's own count agrees with the leaderboard.
-    assert json.loads((folder / "metrics.json").read_text())["test_errors"] == row["test_errors"]
+    assert read_metrics(folder).test_errors == row.test_errors
     assert name in events.stages("train")
 
 
 def test_leaderboard_files(small):
     board, out, _ = small
-    names = [r["model"] for r in board.rows]
-    accs = [r["test_accuracy"] for r in board.rows]
-    assert accs == sorted(accs, reverse=True) and [r["rank"] for r in board.rows] == list(range(1, len(names) + 1))
+    names = [r.model for r in board.rows]
+    accs = [r.test_accuracy for r in board.rows]
+    assert accs == sorted(accs, reverse=True) and [r.rank for r in board.rows] == list(range(1, len(names) + 1))
     with open(out / "leaderboard.csv") as f:
         reader = csv.DictReader(f)
         assert reader.fieldnames == cmp.ROW_FIELDS
@@ -90,26 +92,26 @@ def test_leaderboard_files(small):
 
 
 def test_published_figures_are_attached_to_their_models(small):
-    rows = {r["model"]: r for r in small[0].rows}
-    assert rows["svm"]["published_accuracy"] == pytest.approx(0.986)
-    assert rows["knn"]["published_accuracy"] == pytest.approx(0.9691)
-    assert rows["rf"]["published_accuracy"] is None  # not in LeCun's table: the notes say so
+    rows = {r.model: r for r in small[0].rows}
+    assert rows["svm"].published_accuracy == pytest.approx(0.986)
+    assert rows["knn"].published_accuracy == pytest.approx(0.9691)
+    assert rows["rf"].published_accuracy is None  # not in LeCun's table: the notes say so
     assert any("random forest" in n for n in cmp.notes(small[0]))
 
 
 def test_kmeans_reports_clustering_scores(small):
-    rows = {r["model"]: r for r in small[0].rows}
+    rows = {r.model: r for r in small[0].rows}
     for k in ("kmeans-10", "kmeans-64", "kmeans-256"):
-        assert 0 < rows[k]["ari_test"] < 1 and 0 < rows[k]["nmi_test"] < 1
-        assert rows[k]["kind"] == "clustering"
+        assert 0 < rows[k].ari_test < 1 and 0 < rows[k].nmi_test < 1
+        assert rows[k].kind == "clustering"
     # More clusters capture more writing styles: majority-vote accuracy rises with k.
-    assert rows["kmeans-10"]["test_accuracy"] < rows["kmeans-64"]["test_accuracy"] < rows["kmeans-256"]["test_accuracy"]
+    assert rows["kmeans-10"].test_accuracy < rows["kmeans-64"].test_accuracy < rows["kmeans-256"].test_accuracy
 
 
 def test_svm_scores_argmax_is_its_prediction(small, mnist):
     _, out, _ = small
-    manifest = json.loads((out / "svm" / cmp.MANIFEST).read_text())
-    model = classic.load_classic(out / "svm" / manifest["model_file"], manifest["model_sha256"])
+    manifest = cmp.read_manifest(out / "svm")
+    model = classic.load_classic(out / "svm" / manifest.model_file, manifest.model_sha256)
     x = classic.flatten(mnist.x_test[:300] / 255.0)
     proba = classic.predict_proba(model, x)
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5)
@@ -128,11 +130,11 @@ def test_second_run_only_reevaluates(small, mnist, tmp_path):
     again = cmp.run_comparison(cfg, out, dataset=mnist, progress=events)
     assert events.stages("train") == []
     assert sorted(events.stages("load")) == sorted(again_models)
-    before = {r["model"]: r for r in board.rows}
+    before = {r.model: r for r in board.rows}
     for r in again.rows:
-        assert r["reused"] is True
-        assert r["test_accuracy"] == before[r["model"]]["test_accuracy"]
-        assert r["train_seconds"] == before[r["model"]]["train_seconds"]  # as recorded at training time
+        assert r.reused is True
+        assert r.test_accuracy == before[r.model].test_accuracy
+        assert r.train_seconds == before[r.model].train_seconds  # as recorded at training time
 
 
 def test_tampered_model_is_refused_before_anything_trains(tmp_path, mnist):
@@ -164,10 +166,9 @@ def test_load_classic_checks_the_hash(tmp_path):
 
 
 def test_classic_and_networks_get_the_same_training_images(mnist):
-    from digitlab.training import prepare_data
     cfg = cmp.CompareConfig()
     x, y = cmp.training_data(mnist, 3000, seed=0)
-    _, split = prepare_data(cmp.neural_train_config(cfg, "seed-ann", 3000, len(mnist.y_train)), dataset=mnist)
+    split = prepare_split(cmp.neural_train_config(cfg, "seed-ann", 3000, len(mnist.y_train)), mnist)
     np.testing.assert_array_equal(y, split.y_train)
     np.testing.assert_array_equal(x, split.x_train / np.float32(255.0))
 
@@ -203,6 +204,8 @@ def test_wilson_interval_solves_the_score_equation(k, n):
     (["--models", "knn", "--max-train", "svm=100"], "svm is not among the models compared"),
     (["--set", "svm.degree=3"], "svm has no setting 'degree'"),
     (["--models", "kmeans-4"], "at least 10 clusters"),
+    (["--quick", "--train-size", "500"], "not allowed with argument --quick"),
+    (["--epochs", "0"], "--epochs must be at least 1"),
 ])
 def test_bad_arguments_fail_before_anything_trains(tmp_path, capsys, argv, message):
     from digitlab.cli import main
@@ -210,6 +213,26 @@ def test_bad_arguments_fail_before_anything_trains(tmp_path, capsys, argv, messa
     assert main(["compare", *argv, "--out", str(out)]) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_check_config_runs_once_per_compare(tmp_path, mnist, monkeypatch):
+    from digitlab.cli import main
+    from digitlab.comparison import plan, running
+    calls = []
+    original = plan.check_config
+
+    def counting(cfg, out_dir):
+        calls.append(out_dir)
+        return original(cfg, out_dir)
+
+    for module in (cmp, plan, running):  # every name it is called by
+        monkeypatch.setattr(module, "check_config", counting)
+    cmp.run_comparison(cmp.CompareConfig(models=("logreg",), train_size=300, test_size=100), tmp_path / "lib",
+                       dataset=mnist)
+    assert len(calls) == 1
+    assert main(["compare", "--models", "logreg", "--train-size", "300", "--test-size", "100", "--quiet",
+                 "--out", str(tmp_path / "cli")]) == 0
+    assert len(calls) == 2
 
 
 def test_unwritable_output_folder_is_an_error(tmp_path, capsys):

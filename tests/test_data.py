@@ -10,8 +10,15 @@ import numpy as np
 import pytest
 
 from digitlab import data
-from digitlab.data import (ChecksumError, DataUnavailableError, Source, content_sha256, load_dataset,
-                           parse_idx, validation_split)
+from digitlab.data import (
+    ChecksumError,
+    DataUnavailableError,
+    Source,
+    content_sha256,
+    load_dataset,
+    parse_idx,
+    validation_split,
+)
 
 
 def test_real_mnist_is_canonical(mnist):
@@ -86,7 +93,7 @@ def _idx_bytes(arr: np.ndarray) -> bytes:
 def test_user_folder_of_idx_files(tmp_path, mnist, gzipped):
     folder = tmp_path / "idx"
     folder.mkdir()
-    for (role, stem), arr in zip(data.IDX_FILES.items(), _arrays(mnist)):
+    for stem, arr in zip(data.IDX_FILES.values(), _arrays(mnist)):
         blob = _idx_bytes(arr)
         (folder / (stem + (".gz" if gzipped else ""))).write_bytes(gzip.compress(blob, 1) if gzipped else blob)
     ds = load_dataset("mnist", data_dir=folder, cache_dir=tmp_path / "cache", sources=[])

@@ -12,7 +12,7 @@ from digitlab import diagnostics as dg
 def test_dead_units_counts_units_silent_on_every_image():
     from digitlab.models import create_model
     model = create_model("mlp", hidden=[8, 4], dropout=0.0)
-    dense = [l for l in model.layers if type(l).__name__ == "Dense"]
+    dense = [layer for layer in model.layers if type(layer).__name__ == "Dense"]
     kernel, bias = dense[0].get_weights()
     bias[:3] = -1e4  # units 0-2 of the first layer can never fire on [0, 1] pixels
     dense[0].set_weights([kernel, bias])
@@ -43,10 +43,12 @@ def test_first_layer_weights_as_images():
 
 
 def test_overfitting_gaps_and_the_epoch_early_stopping_would_choose():
-    hist = [{"epoch": e, "accuracy": a, "val_accuracy": va, "loss": l, "val_loss": vl}
-            for e, a, va, l, vl in [(1, .90, .92, .40, .30), (2, .95, .95, .20, .20), (3, .98, .95, .10, .25),
+    from digitlab.config import TrainConfig
+    from digitlab.runs import EpochRecord, RunState
+    hist = [EpochRecord(epoch=e, accuracy=a, val_accuracy=va, loss=lo, val_loss=vl)
+            for e, a, va, lo, vl in [(1, .90, .92, .40, .30), (2, .95, .95, .20, .20), (3, .98, .95, .10, .25),
                                     (4, .99, .94, .05, .30), (5, .995, .94, .03, .35)]]
-    o = dg.overfitting(hist, {}, {"monitor": "val_loss"})
+    o = dg.overfitting(hist, RunState(), TrainConfig(monitor="val_loss"))
     assert o["best_epoch"] == 2 and o["would_stop_at_epoch"] == 5 and o["patience_assumed"] == 3
     assert [round(r["accuracy_gap"], 3) for r in o["epochs"]] == [-0.02, 0.0, 0.03, 0.05, 0.055]
     assert o["epochs"][3]["loss_gap"] == pytest.approx(0.25)

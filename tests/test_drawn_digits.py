@@ -154,7 +154,7 @@ def run_path(tmp_path_factory, mnist):
     from digitlab.training import train
     cfg = TrainConfig(model="seed-ann", epochs=3, batch_size=256, val="1000", seed=0)
     run_dir = tmp_path_factory.mktemp("runs") / "seed-ann"
-    return train(cfg, run_dir=run_dir, dataset=mnist, verbose=0, evaluate=False).path
+    return train(cfg, run_dir=run_dir, dataset=mnist, verbose=0).path
 
 
 @dataclass

@@ -7,6 +7,11 @@ import numpy as np
 import pytest
 
 from digitlab.config import TrainConfig
+from digitlab.predictor import Predictor
+
+
+def _proba(run, x):
+    return Predictor.from_run(run).predict_proba(x)
 
 
 @pytest.fixture(scope="module")
@@ -15,7 +20,7 @@ def members(tmp_path_factory, mnist):
     from digitlab.training import train
     root = tmp_path_factory.mktemp("members")
     return [train(TrainConfig(model="seed-ann", epochs=1, batch_size=64, train_size=3000, val="500", seed=s),
-                  run_dir=root / f"s{s}", dataset=mnist, verbose=0, evaluate=False) for s in (0, 1)]
+                  run_dir=root / f"s{s}", dataset=mnist, verbose=0) for s in (0, 1)]
 
 
 def test_ensemble_probabilities_are_the_mean_of_the_members(tmp_path, mnist, members):
@@ -24,11 +29,11 @@ def test_ensemble_probabilities_are_the_mean_of_the_members(tmp_path, mnist, mem
     from digitlab.runs import open_run
     run = make_ensemble([m.path for m in members], out=tmp_path / "ens", dataset=mnist)
     x = scale(mnist.x_test[:500])
-    expected = np.mean([m.predict_proba(x) for m in members], axis=0)
+    expected = np.mean([_proba(m, x) for m in members], axis=0)
     again = open_run(tmp_path / "ens")  # loads model.keras in safe mode, like predict and serve
-    np.testing.assert_allclose(again.predict_proba(x), expected, atol=1e-6)
-    assert run.metrics["test_accuracy"] == pytest.approx(
-        float(np.mean(again.predict_proba(scale(mnist.x_test)).argmax(1) == mnist.y_test)))
+    np.testing.assert_allclose(_proba(again, x), expected, atol=1e-6)
+    assert run.metrics.test_accuracy == pytest.approx(
+        float(np.mean(_proba(again, scale(mnist.x_test)).argmax(1) == mnist.y_test)))
     cfg = json.loads((tmp_path / "ens" / "config.json").read_text())
     assert cfg["model"] == "ensemble" and cfg["members"] == [str(m.path) for m in members]
     assert (tmp_path / "ens" / "report.html").exists()
@@ -47,14 +52,15 @@ def test_tta_averages_over_one_pixel_shifts(tmp_path, mnist, members):
             img[:, max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
         return out
 
-    expected = np.mean([members[0].predict_proba(shift(x, dy, dx)) for dy, dx in TTA_SHIFTS], axis=0)
-    np.testing.assert_allclose(run.predict_proba(x), expected, atol=1e-6)
+    expected = np.mean([_proba(members[0], shift(x, dy, dx)) for dy, dx in TTA_SHIFTS], axis=0)
+    np.testing.assert_allclose(_proba(run, x), expected, atol=1e-6)
 
 
 def test_members_of_different_datasets_are_refused(tmp_path, members):
     import shutil
+
     from digitlab.ensemble import open_members
-    from digitlab.runs import RunError
+    from digitlab.errors import RunError
     other = tmp_path / "other"
     shutil.copytree(members[1].path, other)
     data = json.loads((other / "data.json").read_text())

@@ -7,7 +7,8 @@ import re
 
 import numpy as np
 import pytest
-from sklearn.metrics import accuracy_score, confusion_matrix, log_loss as sk_log_loss
+from sklearn.metrics import accuracy_score, confusion_matrix
+from sklearn.metrics import log_loss as sk_log_loss
 
 from digitlab.evaluation import classification_metrics, confused_pairs, misclassified_order, write_evaluation
 
@@ -44,7 +45,7 @@ def test_misclassified_most_confident_first():
     assert misclassified_order(y, proba).tolist() == [0, 2]
 
 
-def test_trained_run_artefacts(trained_run, mnist):
+def test_trained_run_artefacts(trained_run, trained_predictor, mnist):
     path = trained_run.path
     metrics = json.loads((path / "metrics.json").read_text())
     assert 0.93 <= metrics["test_accuracy"] < 1.0, "a 3-epoch seed-ann on 12k images reaches about 96%"
@@ -52,7 +53,7 @@ def test_trained_run_artefacts(trained_run, mnist):
         rows = list(csv.reader(f))[1:]
     cm = np.array([[int(v) for v in r[1:]] for r in rows])
     assert cm.sum() == len(mnist.y_test) == 10000
-    pred = trained_run.predict_proba(mnist.x_test / np.float32(255)).argmax(1)
+    pred = trained_predictor.predict_proba(mnist.x_test / np.float32(255)).argmax(1)
     assert np.array_equal(cm, confusion_matrix(mnist.y_test, pred))
     assert metrics["test_errors"] == cm.sum() - np.trace(cm)
     report = json.loads((path / "classification_report.json").read_text())
@@ -70,5 +71,17 @@ def test_write_evaluation_for_any_model(tmp_path):
     x = np.random.default_rng(0).integers(0, 255, (200, 28, 28), dtype=np.uint8)
     summary = write_evaluation(tmp_path, y, proba, x, [str(i) for i in range(10)])
     assert (tmp_path / "report.html").exists() and not (tmp_path / "loss.png").exists()
-    assert summary["test_images"] == 200
+    assert summary.test_images == 200
     assert "->" in (tmp_path / "confused_pairs.txt").read_text()
+
+
+def test_report_text_is_scikit_learns_layout():
+    from sklearn.metrics import classification_report
+
+    from digitlab.evaluation import report_text
+    y, proba = _fake_predictions(300)
+    pred = proba.argmax(1)
+    names = [str(i) for i in range(10)]
+    expected = classification_report(y, pred, target_names=names, digits=4, zero_division=0)
+    as_dict = classification_report(y, pred, target_names=names, output_dict=True, zero_division=0)
+    assert report_text(as_dict, names) == expected

@@ -1,10 +1,13 @@
 """The model registry: every registered model builds, outputs probabilities and learns; the MLP's options work."""
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 
-from digitlab.models import check_params, create_model, get_model_info, model_names, model_params
+from digitlab.models import BUILDERS, create_model
+from digitlab.registry import check_params, get_model_info, model_names, model_params
 
 
 def _batch(n=16, seed=0):
@@ -40,6 +43,31 @@ def test_registered_recipe_is_a_valid_training_config(name):
     validate(apply_overrides(TrainConfig(model=name), info.defaults))
 
 
+def _plain(value):
+    """Tuples and lists compare equal: a builder default (1024, 1024) is the registry's [1024, 1024]."""
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def test_builders_are_exactly_the_registered_models():
+    assert sorted(BUILDERS) == model_names()
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_builder_keyword_defaults_are_the_registered_params(name):
+    """timm-style: the registry's params table (read without Keras) is exactly what each builder takes."""
+    signature = inspect.signature(BUILDERS[name])
+    defaults = {p.name: p.default for p in signature.parameters.values()
+                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    assert all(v is not inspect.Parameter.empty for v in defaults.values()), f"{name}: a parameter has no default"
+    assert not any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in signature.parameters.values())
+    assert _plain(defaults) == _plain(get_model_info(name).params)
+    assert _plain(model_params(name)) == _plain(defaults)
+
+
 def test_parameter_counts_match_the_published_architectures():
     # Independent references: LeNet-5 as usually rebuilt in Keras has 61,706 parameters, and
     # keras-io's mnist_convnet prints "Total params: 34,826" in its model.summary().
@@ -65,16 +93,15 @@ def test_unknown_parameter_is_rejected_naming_the_known_ones():
 def test_mlp_hidden_sizes_activation_and_per_layer_dropout():
     from keras import layers
     model = create_model("mlp", hidden="64,32", activation="tanh", dropout=[0.1, 0.4])
-    dense = [l for l in model.layers if isinstance(l, layers.Dense)]
+    dense = [layer for layer in model.layers if isinstance(layer, layers.Dense)]
     assert [d.units for d in dense] == [64, 32, 10]
     assert [d.activation.__name__ for d in dense] == ["tanh", "tanh", "softmax"]
-    assert [l.rate for l in model.layers if isinstance(l, layers.Dropout)] == [0.1, 0.4]
+    assert [layer.rate for layer in model.layers if isinstance(layer, layers.Dropout)] == [0.1, 0.4]
 
 
 def test_mlp_batchnorm_puts_the_activation_after_the_normalisation():
-    from keras import layers
     model = create_model("mlp", hidden=[32], batchnorm=True, dropout=0.0)
-    kinds = [type(l).__name__ for l in model.layers]
+    kinds = [type(layer).__name__ for layer in model.layers]
     assert kinds == ["Flatten", "Dense", "BatchNormalization", "Activation", "Dense"]
     assert not model.layers[1].use_bias  # BN's shift does the bias's job
 
@@ -117,7 +144,8 @@ def test_mlp_rejects_bad_options_with_a_useful_message(bad, match):
 def test_saved_models_load_in_safe_mode(tmp_path):
     """Every model must load with safe_mode=True (no lambdas), as predict and serve load them."""
     import keras
-    from digitlab.runs import load_model
+
+    from digitlab.predictor import load_keras_model as load_model
     x, _ = _batch(4)
     for name in model_names():
         model = create_model(name)

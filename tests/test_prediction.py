@@ -1,11 +1,8 @@
 """digitlab.prediction and `digitlab predict`: per-file errors, folder expansion, one batch, --save-input."""
 from __future__ import annotations
 
-import argparse
 import io
 import json
-import sys
-import types
 import zipfile
 
 import numpy as np
@@ -13,9 +10,10 @@ import pytest
 from PIL import Image
 
 from digitlab.prediction import FilePrediction, collect_inputs, predict_paths
+from digitlab.predictor import Predictor
 
 
-class CentroidModel:
+class CentroidModel(Predictor):
     """A stand-in model: nearest class mean of 2000 MNIST training digits (about 80% accurate).
 
     It records its calls, so tests can check that all good inputs go through in one batch.
@@ -25,9 +23,10 @@ class CentroidModel:
         x = mnist.x_train[:2000].reshape(2000, -1) / 255.0
         self.means = np.stack([x[mnist.y_train[:2000] == c].mean(0) for c in range(10)])
         self.batches: list[int] = []
+        super().__init__(self.forward, name="centroid", runtime="numpy")
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        assert x.dtype == np.float32 and x.shape[1:] == (28, 28) and 0 <= x.min() and x.max() <= 1
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        assert x.dtype == np.float32 and x.shape[1:] == (28, 28) and x.min() >= 0 and x.max() <= 1
         self.batches.append(len(x))
         d = ((x.reshape(len(x), 1, -1) - self.means[None]) ** 2).sum(-1)  # (n, 10)
         e = np.exp(-(d - d.min(1, keepdims=True)))
@@ -143,35 +142,25 @@ def test_to_json_has_no_array(inputs, model):
 
 class FakeRun:
     class_names = [str(d) for d in range(10)]
-    config = {"model": "seed-ann"}
-    family = "dense"  # seed-ann's registered family (Run.family)
-    model = "loaded"  # `predict` loads the model up front, to fail early on a broken file
-
-    def __init__(self, model):
-        self.predict_proba = model
 
 
 @pytest.fixture
 def cli(monkeypatch, model):
-    """Run `predict` through its own parser with a fake digitlab.runs (no keras, no training)."""
-    from digitlab.cli import predict as cmd
-
-    class RunError(ValueError):
-        pass
+    """Run `digitlab predict` through main() with a fake run and model (no keras, no training)."""
+    import digitlab.runs
+    from digitlab.cli import main
+    from digitlab.errors import RunError
 
     def open_run(path):
         if "missing" in str(path):
             raise RunError(f"{path} is not a run directory (train one with `digitlab train`)")
-        return FakeRun(model)
+        return FakeRun()
 
-    monkeypatch.setitem(sys.modules, "digitlab.runs", types.SimpleNamespace(open_run=open_run, RunError=RunError))
-    monkeypatch.setattr(cmd, "choose_backend", lambda family: "jax")
-    parser = argparse.ArgumentParser()
-    cmd.add_parser(parser.add_subparsers())
+    monkeypatch.setattr(digitlab.runs, "open_run", open_run)
+    monkeypatch.setattr(Predictor, "from_run", classmethod(lambda cls, run: model))
 
     def invoke(*argv):
-        args = parser.parse_args(["predict", *map(str, argv)])
-        return args.func(args)
+        return main(["predict", *map(str, argv)])
     return invoke
 
 
@@ -244,6 +233,6 @@ def test_real_run_reads_real_digits(trained_run, mnist, tmp_path):
     from digitlab.runs import open_run
     for i in range(30):
         (tmp_path / f"{i:02d}.png").write_bytes(as_photo_png(mnist.x_test[i]))
-    results = predict_paths(open_run(trained_run.path).predict_proba, [tmp_path])
+    results = predict_paths(Predictor.from_run(open_run(trained_run.path)), [tmp_path])
     accuracy = np.mean([r.digit == y for r, y in zip(results, mnist.y_test[:30])])
     assert accuracy >= 0.9

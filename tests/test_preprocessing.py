@@ -16,8 +16,21 @@ from scipy import ndimage
 
 from digitlab import preprocessing
 from digitlab.preprocessing import (
-    MAX_BYTES, STROKE_MIN, STROKE_TARGET, BadArrayError, ImageTooLargeError, InputImageError, NoInkError, NotAnImageError,
-    from_pixels, read_image_bytes, read_image_file, read_npy, stroke_width, to_mnist, to_png_bytes,
+    MAX_BYTES,
+    STROKE_MIN,
+    STROKE_TARGET,
+    BadArrayError,
+    ImageTooLargeError,
+    InputImageError,
+    NoInkError,
+    NotAnImageError,
+    from_pixels,
+    read_image_bytes,
+    read_image_file,
+    read_npy,
+    stroke_width,
+    to_mnist,
+    to_png_bytes,
 )
 
 SHAPES = ("zero", "one", "four", "seven")
@@ -59,7 +72,7 @@ def ink_box(x: np.ndarray, level: float = 0.0) -> tuple[int, int]:
 def assert_mnist_like(x: np.ndarray, source_hw: tuple[int, int] | None = None, pen: float = 0) -> None:
     # What every MNIST digit satisfies: see test_mnist_itself_satisfies_the_checks.
     assert x.shape == (28, 28) and x.dtype == np.float32
-    assert 0.0 <= x.min() and x.max() <= 1.0 and x.max() > 0.5
+    assert x.min() >= 0.0 and x.max() <= 1.0 and x.max() > 0.5
     h, w = ink_box(x)
     assert max(h, w) in (19, 20), (h, w)
     # Centre of mass on (14, 14) to within half a pixel (whole-pixel shifts), unless the shift was

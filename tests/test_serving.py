@@ -27,6 +27,8 @@ from PIL import Image, ImageDraw
 
 from digitlab import preprocessing as pp
 from digitlab.data import scale
+from digitlab.predictor import Predictor
+from digitlab.runs import to_json
 from digitlab.serving import STATIC_DIR, BatchedModel, bucket, create_app
 
 
@@ -75,10 +77,10 @@ def assert_prediction(body: dict, expected_proba: np.ndarray) -> None:
 
 # ---------------------------------------------------------------- predictions
 
-def test_upload_raw_bytes_and_json_agree_with_the_run(client, trained_run):
+def test_upload_raw_bytes_and_json_agree_with_the_run(client, trained_run, trained_predictor):
     png = drawn_one()
     x = pp.to_mnist(pp.read_image_bytes(png))  # the preprocessing `digitlab predict` uses
-    expected = trained_run.predict_proba(x[None])[0]
+    expected = trained_predictor.predict_proba(x[None])[0]
 
     upload = client.post("/api/predict", files={"file": ("one.png", png, "image/png")})
     raw = client.post("/api/predict", content=png, headers={"Content-Type": "image/png"})
@@ -93,9 +95,9 @@ def test_upload_raw_bytes_and_json_agree_with_the_run(client, trained_run):
     np.testing.assert_allclose(seen / 255.0, x, atol=1 / 255 + 1e-6)  # exactly what the model saw
 
 
-def test_mnist_test_digits_as_json(client, trained_run, mnist):
+def test_mnist_test_digits_as_json(client, trained_run, mnist, trained_predictor):
     x = mnist.x_test[:5]
-    expected = trained_run.predict_proba(scale(x))
+    expected = trained_predictor.predict_proba(scale(x))
     for i in range(5):
         as_ints = client.post("/api/predict", json={"pixels": x[i].tolist()})  # 0..255
         as_floats = client.post("/api/predict", json={"pixels": (x[i] / 255.0).tolist()})  # [0, 1]
@@ -104,10 +106,10 @@ def test_mnist_test_digits_as_json(client, trained_run, mnist):
             assert_prediction(r.json(), expected[i])
 
 
-def test_requests_that_arrive_together_share_a_forward_pass(trained_run):
+def test_requests_that_arrive_together_share_a_forward_pass(trained_run, trained_predictor):
     x = scale(np.random.default_rng(0).integers(0, 256, (20, 28, 28), dtype=np.uint8))
-    expected = trained_run.predict_proba(x)
-    batched = BatchedModel(trained_run.model, max_batch=8)
+    expected = trained_predictor.predict_proba(x)
+    batched = BatchedModel(trained_predictor, max_batch=8)
 
     async def together():
         return await asyncio.gather(*(batched.predict(xi) for xi in x))
@@ -124,13 +126,13 @@ def test_a_failing_forward_pass_fails_its_requests_only():
     class Flaky:
         calls = 0
 
-        def predict_on_batch(self, x):
+        def __call__(self, x):
             Flaky.calls += 1
             if Flaky.calls == 1:
                 raise RuntimeError("boom")
             return np.full((len(x), 10), 0.1, dtype=np.float32)
 
-    batched = BatchedModel(Flaky(), max_batch=4)
+    batched = BatchedModel(Predictor(Flaky()), max_batch=4)
 
     async def go():
         first = await asyncio.gather(batched.predict(np.zeros((28, 28), np.float32)), return_exceptions=True)
@@ -217,20 +219,20 @@ def test_wrong_method_and_unknown_route_are_json_errors(client):
 
 # ---------------------------------------------------------------- the other routes
 
-def test_model_info(client, trained_run):
+def test_model_info(client, trained_run, trained_predictor):
     r = client.get("/api/model")
     assert r.status_code == 200
     info = r.json()
     assert info["name"] == "seed-ann" and info["run"] == trained_run.path.name
-    assert info["test_accuracy"] == trained_run.metrics["test_accuracy"]
-    assert info["config"] == trained_run.config
-    assert info["data"]["sha256"] == trained_run.data["sha256"] and info["data"]["dataset"] == "mnist"
+    assert info["test_accuracy"] == trained_run.metrics.test_accuracy
+    assert info["config"] == to_json(trained_run.config)
+    assert info["data"]["sha256"] == trained_run.data.sha256 and info["data"]["dataset"] == "mnist"
     # provenance without the server's folders: a local path is cut to its file name
-    assert Path(trained_run.data["cache"]).is_absolute()
-    assert info["data"]["cache"] == Path(trained_run.data["cache"]).name
+    assert Path(trained_run.data.cache).is_absolute()
+    assert info["data"]["cache"] == Path(trained_run.data.cache).name
     assert not any(isinstance(v, str) and v.startswith("/") for v in info["data"].values())
     assert info["class_names"] == [str(d) for d in range(10)]
-    assert info["parameters"] == trained_run.model.count_params() and info["report_url"] == "/report"
+    assert info["parameters"] == trained_predictor.keras_model.count_params() and info["report_url"] == "/report"
 
 
 def test_health(client):
@@ -238,13 +240,13 @@ def test_health(client):
     assert r.status_code == 200 and r.json()["status"] == "ok" and r.json()["model"] == "seed-ann"
 
 
-def test_sample(client, trained_run, mnist):
+def test_sample(client, trained_run, mnist, trained_predictor):
     r = client.get("/api/sample", params={"index": 7})
     assert r.status_code == 200
     s = r.json()
     assert s["index"] == 7 and s["true_digit"] == int(mnist.y_test[7]) and s["true_label"] == str(mnist.y_test[7])
     np.testing.assert_array_equal(np.asarray(s["pixels"]), mnist.x_test[7])
-    assert_prediction(s["prediction"], trained_run.predict_proba(scale(mnist.x_test[7:8]))[0])
+    assert_prediction(s["prediction"], trained_predictor.predict_proba(scale(mnist.x_test[7:8]))[0])
     indices = {client.get("/api/sample").json()["index"] for _ in range(5)}
     assert len(indices) > 1 and all(0 <= i < 10_000 for i in indices)
     for bad in ("10000", "-1", "seven"):
@@ -358,6 +360,7 @@ def test_load_generator_arguments(load_module):
 
 def test_load_generator_against_a_live_server(load_module, trained_run):
     import threading
+
     import uvicorn
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))

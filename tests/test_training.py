@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from digitlab.config import TrainConfig
+from digitlab.predictor import Predictor
 from digitlab.runs import open_run
 
 
@@ -24,20 +25,21 @@ def test_run_directory_holds_provenance(trained_run, mnist):
     env = json.loads((path / "environment.json").read_text())
     assert env["seed"] == 0 and "keras" in env["versions"] and env["keras_backend"]
     history = trained_run.history
-    assert [int(r["epoch"]) for r in history] == [1, 2, 3]
-    assert all(r["val_accuracy"] is not None and r["seconds"] > 0 and r["lr"] == pytest.approx(1e-3) for r in history)
-    assert history[-1]["loss"] < history[0]["loss"]
-    assert trained_run.state["status"] == "completed"
+    assert [int(r.epoch) for r in history] == [1, 2, 3]
+    assert all(r.val_accuracy is not None and r.seconds > 0 and r.lr == pytest.approx(1e-3) for r in history)
+    assert history[-1].loss < history[0].loss
+    assert trained_run.state.status == "completed"
 
 
 def test_same_seed_same_metrics(tmp_path, mnist):
     from digitlab.training import train
     cfg = TrainConfig(model="seed-ann", epochs=1, batch_size=128, val="500", train_size=3000, seed=7)
-    a = train(cfg, run_dir=tmp_path / "a", dataset=mnist, verbose=0, evaluate=False)
-    b = train(cfg, run_dir=tmp_path / "b", dataset=mnist, verbose=0, evaluate=False)
+    a = train(cfg, run_dir=tmp_path / "a", dataset=mnist, verbose=0)
+    b = train(cfg, run_dir=tmp_path / "b", dataset=mnist, verbose=0)
     x = mnist.x_test[:500] / np.float32(255)
-    np.testing.assert_allclose(a.predict_proba(x), b.predict_proba(x), atol=1e-5)
-    assert a.history[0]["val_loss"] == pytest.approx(b.history[0]["val_loss"], abs=1e-5)
+    np.testing.assert_allclose(Predictor.from_run(a).predict_proba(x), Predictor.from_run(b).predict_proba(x),
+                               atol=1e-5)
+    assert a.history[0].val_loss == pytest.approx(b.history[0].val_loss, abs=1e-5)
 
 
 def test_ctrl_c_keeps_last_completed_epoch(tmp_path, mnist, monkeypatch):
@@ -56,9 +58,9 @@ def test_ctrl_c_keeps_last_completed_epoch(tmp_path, mnist, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         training.train(cfg, run_dir=tmp_path / "run", dataset=mnist, verbose=0)
     run = open_run(tmp_path / "run")
-    assert run.state["status"] == "interrupted" and run.state["epochs_completed"] == 1
+    assert run.state.status == "interrupted" and run.state.epochs_completed == 1
     assert len(run.history) == 1
-    assert run.predict_proba(mnist.x_test[:4] / np.float32(255)).shape == (4, 10)
+    assert Predictor.from_run(run).predict_proba(mnist.x_test[:4] / np.float32(255)).shape == (4, 10)
     assert not list((tmp_path / "run").glob(".*")), "no temporary files left behind"
 
 
@@ -76,9 +78,11 @@ def test_keras_file_moves_between_backends(tmp_path, train_backend, load_backend
     score = f"""
         import numpy as np, keras
         from digitlab.data import load_mnist, scale
+        from digitlab.predictor import Predictor
         from digitlab.runs import open_run
         ds = load_mnist()
-        print(repr(float((open_run(r"{run_dir}").predict_proba(scale(ds.x_test)).argmax(1) == ds.y_test).mean())))
+        proba = Predictor.from_run(open_run(r"{run_dir}")).predict_proba(scale(ds.x_test))
+        print(repr(float((proba.argmax(1) == ds.y_test).mean())))
     """
     trained = _run_in_backend(train_backend, textwrap.dedent(f"""
         from digitlab.config import TrainConfig
@@ -86,7 +90,7 @@ def test_keras_file_moves_between_backends(tmp_path, train_backend, load_backend
         import keras
         assert keras.backend.backend() == "{train_backend}"
         train(TrainConfig(model="seed-ann", epochs=1, batch_size=128, val="500", train_size=3000),
-              run_dir=r"{run_dir}", verbose=0, evaluate=False)
+              run_dir=r"{run_dir}", verbose=0)
     """) + textwrap.dedent(score))
     loaded = _run_in_backend(load_backend, textwrap.dedent(f"""
         import keras

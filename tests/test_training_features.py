@@ -8,9 +8,17 @@ import math
 import numpy as np
 import pytest
 
-from digitlab.augmentation import (PRESETS, Augment, affine_grid, augment_images, bilinear_sample,
-                                   gaussian_matrix, smooth)
+from digitlab.augmentation import (
+    PRESETS,
+    Augment,
+    affine_grid,
+    augment_images,
+    bilinear_sample,
+    gaussian_matrix,
+    smooth,
+)
 from digitlab.config import TrainConfig, apply_overrides, validate
+from digitlab.runs import EpochRecord
 from digitlab.schedules import ONECYCLE_START, learning_rate_curve, make_learning_rate
 
 TINY = dict(train_size=2000, val="500", batch_size=64)  # ~32 steps per epoch: seconds per run
@@ -20,6 +28,7 @@ TINY = dict(train_size=2000, val="500", batch_size=64)  # ~32 steps per epoch: s
 
 def test_seed_ann_trains_with_the_tutorials_settings():
     import keras
+
     from digitlab.cli import build_parser
     from digitlab.cli.train import train_config_from_args
     from digitlab.training import make_loss, make_optimizer
@@ -64,6 +73,7 @@ def test_cosine_step_constant_and_warmup_shapes():
 
 def test_keras_schedule_follows_the_curve_and_survives_save_and_load(tmp_path):
     import keras
+
     from digitlab.training import build_compiled_model
     cfg = TrainConfig(model="seed-ann", schedule="onecycle", epochs=2, lr=0.01)
     model = build_compiled_model(cfg, steps=5)
@@ -116,7 +126,8 @@ def test_bad_settings_are_refused_with_the_fix(change, match):
 
 def test_mixed_precision_computes_in_bfloat16_and_outputs_float32(tmp_path):
     import keras
-    from digitlab.runs import load_model
+
+    from digitlab.predictor import load_keras_model as load_model
     from digitlab.training import build_compiled_model
     model = build_compiled_model(TrainConfig(model="fastcnn", mixed_precision=True))
     assert keras.mixed_precision.global_policy().name == "float32"  # set for the build only
@@ -196,23 +207,25 @@ def test_no_preset_flips_digits():
 
 
 def test_augmentation_is_training_only_and_the_model_file_stays_plain(tmp_path, mnist):
+    from digitlab.predictor import load_keras_model
     from digitlab.training import train
     cfg = TrainConfig(model="seed-ann", epochs=1, **TINY, aug_shift=2, aug_rotate=10, aug_elastic_alpha=30)
-    run = train(cfg, run_dir=tmp_path / "r", dataset=mnist, verbose=0, evaluate=False)
-    names = {type(l).__name__ for l in run.model.layers}
+    run = train(cfg, run_dir=tmp_path / "r", dataset=mnist, verbose=0)
+    names = {type(layer).__name__ for layer in load_keras_model(run.model_path).layers}
     assert names == {"Flatten", "Dense", "Dropout"}
 
 
 # ---------------------------------------------------------------- early stopping and the best model
 
 def test_stopping_rule_matches_keras_early_stopping():
+    from digitlab.scoring import StopDecision
     from digitlab.training import _stopping
-    hist = [{"val_loss": v} for v in (0.5, 0.4, 0.45, 0.41, 0.39, 0.42, 0.43)]
+    hist = [EpochRecord(epoch=i + 1, val_loss=v) for i, v in enumerate((0.5, 0.4, 0.45, 0.41, 0.39, 0.42, 0.43))]
     cfg = TrainConfig(early_stopping=2)
-    assert _stopping(hist[:4], cfg) == {"best_epoch": 2, "best_value": 0.4, "stop": True}
-    assert _stopping(hist[:3], cfg)["stop"] is False
-    acc = [{"val_accuracy": v} for v in (0.9, 0.95, 0.95)]  # equal is not better, as in Keras
-    assert _stopping(acc, TrainConfig(early_stopping=1, monitor="val_accuracy"))["stop"] is True
+    assert _stopping(hist[:4], cfg) == StopDecision(best_epoch=2, best_value=0.4, stop=True)
+    assert _stopping(hist[:3], cfg).stop is False
+    acc = [EpochRecord(epoch=i + 1, val_accuracy=v) for i, v in enumerate((0.9, 0.95, 0.95))]  # equal is not better, as in Keras
+    assert _stopping(acc, TrainConfig(early_stopping=1, monitor="val_accuracy")).stop is True
 
 
 class _SabotageFromEpoch2:
@@ -234,17 +247,19 @@ class _SabotageFromEpoch2:
 
 
 def test_early_stopping_stops_and_restores_the_best_epoch(tmp_path, mnist):
-    from digitlab.runs import load_model
+    from digitlab.evaluation import evaluate_run
+    from digitlab.predictor import load_keras_model as load_model
     from digitlab.training import train
     cfg = TrainConfig(model="seed-ann", epochs=6, early_stopping=2, **TINY)
     run = train(cfg, run_dir=tmp_path / "r", dataset=mnist, verbose=0, callbacks=[_SabotageFromEpoch2()])
+    evaluate_run(run, dataset=mnist)  # train() no longer evaluates
     state = run.state
-    assert state["best_epoch"] == 1 and state["stopped_early_at_epoch"] == 3
-    assert len(run.history) == 3 and "restore_best" in state["final_model"]
+    assert state.best_epoch == 1 and state.stopped_early_at_epoch == 3
+    assert len(run.history) == 3 and "restore_best" in state.final_model
     final, best = load_model(run.path / "model.keras"), load_model(run.path / "best.keras")
     for a, b in zip(final.get_weights(), best.get_weights()):
         np.testing.assert_array_equal(a, b)
-    assert run.metrics["test_accuracy"] > 0.8  # the good epoch's model, not the wrecked last one
+    assert run.metrics.test_accuracy > 0.8  # the good epoch's model, not the wrecked last one
     diag = json.loads((run.path / "diagnostics.json").read_text())["overfitting"]
     assert diag["best_epoch"] == 1 and diag["stopped_at_epoch"] == 3
     assert "Early stopping (patience 2" in (run.path / "report.html").read_text()
@@ -273,40 +288,42 @@ class _InterruptAfter:
 def test_resumed_run_ends_where_an_uninterrupted_run_ends(tmp_path, mnist, model, extra):
     """Ctrl-C in epoch 2, resume: same weights and history as never stopping (README: determinism)."""
     import keras
-    from digitlab.runs import load_model
+
+    from digitlab.predictor import load_keras_model as load_model
     from digitlab.training import resume, train
     extra = {k: v for k, v in extra.items() if v is not None}
     cfg = TrainConfig(model=model, epochs=3, **{**TINY, "train_size": 1280}, **extra)  # 20 steps per epoch
-    whole = train(cfg, run_dir=tmp_path / "whole", dataset=mnist, verbose=0, evaluate=False)
+    whole = train(cfg, run_dir=tmp_path / "whole", dataset=mnist, verbose=0)
     keras.backend.clear_session()
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, run_dir=tmp_path / "cut", dataset=mnist, verbose=0, evaluate=False, callbacks=[_InterruptAfter(25)])
+        train(cfg, run_dir=tmp_path / "cut", dataset=mnist, verbose=0, callbacks=[_InterruptAfter(25)])
     state = json.loads((tmp_path / "cut" / "state.json").read_text())
     assert (state["status"], state["epochs_completed"]) == ("interrupted", 1)
     keras.backend.clear_session()
-    resumed = resume(tmp_path / "cut", dataset=mnist, verbose=0, evaluate=False)
-    assert resumed.state["status"] == "completed" and resumed.state["resumed"][0]["from_epoch"] == 1
+    resumed = resume(tmp_path / "cut", dataset=mnist, verbose=0)
+    assert resumed.state.status == "completed" and resumed.state.resumed[0]["from_epoch"] == 1
     for a, b in zip(load_model(whole.model_path).get_weights(), load_model(resumed.model_path).get_weights()):
         np.testing.assert_allclose(a, b, atol=1e-5)
     for ra, rb in zip(whole.history, resumed.history):
-        assert ra["val_loss"] == pytest.approx(rb["val_loss"], abs=1e-4)
+        assert ra.val_loss == pytest.approx(rb.val_loss, abs=1e-4)
 
 
 def test_resume_after_a_kill_trusts_the_model_file(tmp_path, mnist):
     """A kill after history.csv was written but before model.keras: the extra history row is dropped."""
-    from digitlab.training import resume, train, write_history
+    from digitlab.runs import write_history
+    from digitlab.training import resume, train
     cfg = TrainConfig(model="seed-ann", epochs=2, **TINY)
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, run_dir=tmp_path / "r", dataset=mnist, verbose=0, evaluate=False, callbacks=[_InterruptAfter(40)])
+        train(cfg, run_dir=tmp_path / "r", dataset=mnist, verbose=0, callbacks=[_InterruptAfter(40)])
     path = tmp_path / "r"
     from digitlab.runs import read_history
     history = read_history(path / "history.csv")
-    write_history(path / "history.csv", history + [{**history[0], "epoch": 2, "val_loss": -1.0}])
+    write_history(path / "history.csv", history + [dataclasses.replace(history[0], epoch=2, val_loss=-1.0)])
     state = json.loads((path / "state.json").read_text())
     (path / "state.json").write_text(json.dumps({**state, "status": "running"}))  # a kill never says "interrupted"
-    run = resume(path, dataset=mnist, verbose=0, evaluate=False)
-    assert [int(r["epoch"]) for r in run.history] == [1, 2]
-    assert run.history[1]["val_loss"] > 0
+    run = resume(path, dataset=mnist, verbose=0)
+    assert [int(r.epoch) for r in run.history] == [1, 2]
+    assert run.history[1].val_loss > 0
 
 
 def test_resume_refuses_a_completed_run(trained_run):
@@ -318,12 +335,12 @@ def test_resume_refuses_a_completed_run(trained_run):
 # ---------------------------------------------------------------- seeds
 
 def test_seeds_train_one_run_each_and_summarise(tmp_path, mnist):
-    from digitlab.training import train_seeds
+    from digitlab.seeds import train_seeds
     cfg = TrainConfig(model="seed-ann", epochs=1, seed=5, **TINY)
     group = train_seeds(cfg, 2, out=tmp_path / "g", dataset=mnist, verbose=0)
     s = group.summary
     assert s["seeds"] == [5, 6] and [r.path.name for r in group.runs] == ["s5", "s6"]
-    acc = [r.metrics["test_accuracy"] for r in group.runs]
+    acc = [r.metrics.test_accuracy for r in group.runs]
     assert s["test_accuracy"] == acc and acc[0] != acc[1]
     assert s["test_accuracy_mean"] == pytest.approx(np.mean(acc))
     assert s["test_accuracy_std"] == pytest.approx(np.std(acc, ddof=1))
@@ -336,14 +353,16 @@ def test_seeds_train_one_run_each_and_summarise(tmp_path, mnist):
 @pytest.mark.parametrize("model, steps_acc", [("fastcnn", 0.98), ("mlp", 0.955)])  # measured 98.6%, 96.5%
 def test_a_few_hundred_steps_reach_a_stated_accuracy(tmp_path, mnist, model, steps_acc):
     """300 steps (batch 128, 12,800 images, 3 epochs) of each recipe, on the whole test set."""
-    from digitlab.models import get_model_info
+    from digitlab.predictor import Predictor
+    from digitlab.registry import get_model_info
     from digitlab.training import train
     cfg = apply_overrides(TrainConfig(model=model), get_model_info(model).defaults)
     cfg = dataclasses.replace(cfg, epochs=3, batch_size=128, train_size=12_800, val="0")
-    run = train(cfg, run_dir=tmp_path / model, dataset=mnist, verbose=0, evaluate=False)
-    from digitlab.evaluation import classification_metrics
+    run = train(cfg, run_dir=tmp_path / model, dataset=mnist, verbose=0)
     from digitlab.data import scale
-    acc = classification_metrics(mnist.y_test, run.predict_proba(scale(mnist.x_test)), mnist.class_names)["test_accuracy"]
+    from digitlab.evaluation import classification_metrics
+    proba = Predictor.from_run(run).predict_proba(scale(mnist.x_test))
+    acc = classification_metrics(mnist.y_test, proba, mnist.class_names)["test_accuracy"]
     assert steps_acc <= acc < 1.0
 
 
@@ -398,7 +417,7 @@ def test_cli_rejects_a_parameter_the_model_does_not_take(capsys):
 
 
 def test_cli_lists_the_models_with_their_recipes(capsys):
-    from digitlab.models import model_names
+    from digitlab.registry import model_names
     assert _main(["models"]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in model_names()) and "schedule=onecycle" in out

@@ -8,87 +8,119 @@
 """
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import threading
 import time
 
-from digitlab.cli import fail
+from digitlab import classic, registry
+from digitlab import comparison as cmp
+from digitlab.cli import typed
+from digitlab.data import SPECS
 
 HEARTBEAT_S = 30.0  # seconds between "still training" lines while a classic model fits
+DATASETS = tuple(SPECS)
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("compare", help="train classic models and networks on the same data; write a leaderboard")
-    p.add_argument("--models", help="comma-separated: logreg, knn, svm, rf, xgboost, kmeans (= kmeans-10,-64,-256), "
-                                    "kmeans-N, classic (all classic), or any registered network "
-                                    "(default: logreg,knn,svm,rf,xgboost,kmeans,seed-ann)")
-    p.add_argument("--quick", action="store_true", help="train every model on a 10,000-image subset")
-    p.add_argument("--train-size", type=int, help="train every model on a stratified subset of N images")
-    p.add_argument("--max-train", action="append", metavar="MODEL=N",
+    p.add_argument("--models", type=model_list, default=cmp.DEFAULT_MODELS, metavar="NAME[,NAME...]",
+                   help=f"comma-separated: {', '.join(classic.CLASSIC)}, kmeans (= {','.join(cmp.ALIASES['kmeans'])}), "
+                        f"kmeans-N, classic (all classic), or a registered network: "
+                        f"{', '.join(registry.model_names())} (default: {','.join(cmp.DEFAULT_MODELS)})")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true",
+                      help=f"train every model on a {cmp.QUICK_TRAIN_SIZE:,}-image subset")
+    size.add_argument("--train-size", type=at_least_one("--train-size", "image"), metavar="N",
+                      help="train every model on a stratified subset of N images")
+    p.add_argument("--max-train", action="append", type=compare_type(cmp.parse_max_train), metavar="MODEL=N",
                    help="cap one model's training images, e.g. svm=20000 (repeatable or comma-separated)")
-    p.add_argument("--test-size", type=int, help="score on a stratified subset of N test images (smoke runs only)")
-    p.add_argument("--set", action="append", metavar="MODEL.SETTING=VALUE", dest="settings",
-                   help="override a classic model's hyperparameter, e.g. xgboost.n_estimators=100")
-    p.add_argument("--epochs", type=int, help="epochs for the networks (default: each network's own)")
-    p.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
+    p.add_argument("--test-size", type=at_least_one("--test-size", "image"), metavar="N",
+                   help="score on a stratified subset of N test images (smoke runs only)")
+    p.add_argument("--set", action="append", type=compare_type(cmp.parse_settings), metavar="MODEL.SETTING=VALUE",
+                   dest="settings", help="override a classic model's hyperparameter, e.g. xgboost.n_estimators=100")
+    p.add_argument("--epochs", type=at_least_one("--epochs", "epoch"), metavar="N",
+                   help="epochs for the networks (default: each network's own)")
+    p.add_argument("--dataset", default="mnist", choices=DATASETS,
+                   help="which dataset (default: %(default)s)")
     p.add_argument("--data-dir", help="folder with the dataset files (also $DIGITLAB_DATA_DIR)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--out", default="runs/compare", help="output folder, one subfolder per model (default: runs/compare)")
+    p.add_argument("--seed", type=typed(int, "--seed"), default=0, help="random seed (default 0)")
+    p.add_argument("--out", default="runs/compare",
+                   help="output folder, one subfolder per model (default: runs/compare)")
     p.add_argument("--retrain", action="store_true", help="train again even where a saved model matches")
     p.add_argument("--quiet", action="store_true", help="no per-model progress")
-    p.set_defaults(func=cmd_compare)
+    p.set_defaults(func=cmd_compare, family=family)
 
 
-def config_from_args(args):
-    from digitlab import comparison as cmp
-    if args.train_size is not None and args.train_size < 1:
-        raise cmp.CompareError(f"--train-size must be at least 1 image, got {args.train_size}")
-    if args.test_size is not None and args.test_size < 1:
-        raise cmp.CompareError(f"--test-size must be at least 1 image, got {args.test_size}")
-    if args.epochs is not None and args.epochs < 1:
-        raise cmp.CompareError(f"--epochs must be at least 1, got {args.epochs}")
-    if args.quick and args.train_size:
-        raise cmp.CompareError("--quick already sets the training size (10,000); pass one of --quick or --train-size")
-    models = tuple(m.strip() for m in args.models.split(",") if m.strip()) if args.models else cmp.DEFAULT_MODELS
+# ---------------------------------------------------------------- argument types
+
+def model_list(text: str) -> tuple[str, ...]:
+    """"logreg, knn,," -> ("logreg", "knn"); the names are checked with everything else (check_config)."""
+    return tuple(m.strip() for m in text.split(",") if m.strip())
+
+
+def at_least_one(flag: str, unit: str):
+    """An argparse type= for a count that must be 1 or more: "--epochs must be at least 1 epoch, got 0"."""
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} must be a whole number of {unit}s, got {raw!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{flag} must be at least 1 {unit}, got {value}")
+        return value
+
+    parse.__name__ = "count"
+    return parse
+
+
+def compare_type(parse):
+    """An argparse type= from one of digitlab.comparison's parsers: its CompareError becomes the usage error."""
+    def wrapped(raw: str):
+        try:
+            return parse(raw)
+        except cmp.CompareError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    wrapped.__name__ = parse.__name__
+    return wrapped
+
+
+def config_from_args(args) -> cmp.CompareConfig:
+    max_train: dict[str, int] = {}
+    for caps in args.max_train or []:
+        max_train.update(caps)
+    params: dict[str, dict] = {}
+    for settings in args.settings or []:
+        for name, values in settings.items():
+            params.setdefault(name, {}).update(values)
     return cmp.CompareConfig(
-        models=models, dataset=args.dataset,
+        models=args.models, dataset=args.dataset,
         train_size=cmp.QUICK_TRAIN_SIZE if args.quick else (args.train_size or 0),
-        test_size=args.test_size or 0, max_train=cmp.parse_max_train(args.max_train),
-        params=cmp.parse_param_overrides(args.settings), neural_epochs=args.epochs or 0,
+        test_size=args.test_size or 0, max_train=max_train, params=params, neural_epochs=args.epochs or 0,
         seed=args.seed, retrain=args.retrain)
 
+
+def family(args) -> str | None:
+    """The family of the networks compared, for the Keras backend (read once per process, so one choice
+    for every network in the table): theirs if they share one, else the default."""
+    families = {registry.model_family(m) for m in cmp.expand_models(args.models)} - {None}
+    return families.pop() if len(families) == 1 else None
+
+
+# ---------------------------------------------------------------- the command
 
 def cmd_compare(args) -> int:
     # OpenMP threads that wait by spinning crawl when the cores are shared: XGBoost's 2 threads took
     # 41 s instead of 7 s for 20 rounds on 10,000 images under a load of 3 on this project's 2 cores.
     # OpenMP reads this once, when scikit-learn first loads it, hence here, before any import of it.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from digitlab import comparison as cmp
-    try:
-        cfg = config_from_args(args)
-        models = cmp.check_config(cfg, args.out)
-    except cmp.CompareError as exc:
-        return fail(str(exc))
-
-    neural = [m for m in models if cmp.model_kind(m) == "neural"]
-    if neural:
-        # Keras reads its backend once per process: one choice for every network in the table.
-        from digitlab.backend import choose_backend
-        from digitlab.models import get_model_info
-        families = {get_model_info(m).family for m in neural}
-        choose_backend(families.pop() if len(families) == 1 else None)
-
-    from digitlab.classic import ModelIntegrityError
-    from digitlab.data import DataUnavailableError
+    cfg = config_from_args(args)
     printer = ProgressPrinter(quiet=args.quiet)
-    try:
+    try:  # a bad setting, a tampered model or missing data: a DigitlabError, reported by digitlab.cli.main
         board = cmp.run_comparison(cfg, args.out, progress=printer, verbose=0 if args.quiet else 1,
                                    data_dir=args.data_dir)
-    except (cmp.CompareError, ModelIntegrityError) as exc:
-        return fail(str(exc))
-    except DataUnavailableError as exc:
-        return fail(str(exc), 1)
     except KeyboardInterrupt:
         print("\ninterrupted: the models finished so far are saved; run the same command to pick up from there",
               file=sys.stderr)
@@ -127,13 +159,11 @@ class ProgressPrinter:
                 self._say(f"    {info['model']}: boosting round {info['done']}/{info['total']} "
                           f"({self._elapsed():.0f} s)")
         elif event == "model-end":
-            from digitlab.comparison import human_size
             self.stop()
-            r = info["row"]
-            self._say(f"    {r['model']}: {r['test_accuracy']:.2%} test accuracy (95% CI {r['ci95_low']:.2%}–"
-                      f"{r['ci95_high']:.2%}); train {r['train_seconds']:.1f} s"
-                      f"{' (recorded)' if r['reused'] else ''}, predict {r['predict_seconds_per_10k']:.2f} s/10k, "
-                      f"{human_size(r['size_bytes'])}")
+            r: cmp.Row = info["row"]
+            self._say(f"    {r.model}: {r.test_accuracy:.2%} test accuracy (95% CI {r.ci95_low:.2%}–"
+                      f"{r.ci95_high:.2%}); train {r.train_seconds:.1f} s{' (recorded)' if r.reused else ''}, "
+                      f"predict {r.predict_seconds_per_10k:.2f} s/10k, {cmp.human_size(r.size_bytes)}")
 
     def _plan(self, info) -> None:
         plans = info["plans"]

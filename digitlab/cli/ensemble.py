@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from digitlab.backend import choose_backend
-from digitlab.cli import fail
+from digitlab.runs import Run, is_seed_group, seed_group_members
 
 
 def add_parser(sub) -> None:
@@ -19,41 +18,34 @@ def add_parser(sub) -> None:
                    help="test-time augmentation: also average over the image shifted 1 pixel up/down/left/right")
     p.add_argument("--out", help="the ensemble's run directory (default: RUNS_ROOT/<time>-ensemble<N>-<tag>)")
     p.add_argument("--runs-root", default="runs", help="where a new ensemble directory goes (default: runs)")
-    p.set_defaults(func=cmd_ensemble)
+    p.set_defaults(func=cmd_ensemble, family=_family)
 
 
 def expand(paths: list[str]) -> list[Path]:
     """A --seeds group folder stands for its member runs."""
-    from digitlab.training import SEEDS_FILE
-    from digitlab.runs import read_json
     out = []
     for p in map(Path, paths):
-        meta = read_json(p / SEEDS_FILE)
-        out += [p / f"s{seed}" for seed in meta["seeds"]] if meta else [p]
+        out += seed_group_members(p) if is_seed_group(p) else [p]
     return out
 
 
+def _family(args) -> str:
+    from digitlab.cli import run_family
+    families = {run_family(p) or "conv" for p in expand(args.runs)}
+    return "conv" if "conv" in families else "dense"
+
+
 def cmd_ensemble(args) -> int:
-    from digitlab.runs import RunError
-    paths = expand(args.runs)
-    try:
-        from digitlab.ensemble import member_family, open_members
-        members = open_members(paths)
-    except RunError as exc:
-        return fail(str(exc))
-    families = {member_family(m) for m in members}
-    backend = choose_backend("conv" if "conv" in families else "dense")
-    from digitlab.ensemble import make_ensemble
+    from digitlab.cli.summary import print_summary
+    from digitlab.ensemble import make_ensemble, open_members
+    from digitlab.environment import keras_backend
+    members = open_members(expand(args.runs))
     print(f"ensemble of {len(members)} runs{' with test-time augmentation' if args.tta else ''} "
-          f"(backend: {backend})", flush=True)
-    try:
-        run = make_ensemble([m.path for m in members], out=args.out, runs_root=args.runs_root, tta=args.tta)
-    except RunError as exc:
-        return fail(str(exc))
+          f"(backend: {keras_backend()})", flush=True)
+    run: Run = make_ensemble([m.path for m in members], out=args.out, runs_root=args.runs_root, tta=args.tta)
     print(f"\n{'member':<60} {'test acc':>9}")
     for m in members:
-        acc = (m.metrics or {}).get("test_accuracy")
-        print(f"{str(m.path):<60} {acc:>9.4f}" if acc is not None else f"{str(m.path):<60} {'n/a':>9}")
-    from digitlab.cli.train import print_summary
-    print_summary(run.path, run.metrics, run.state)
+        acc = f"{m.metrics.test_accuracy:>9.4f}" if m.metrics else f"{'n/a':>9}"
+        print(f"{str(m.path):<60} {acc}")
+    print_summary(run)
     return 0

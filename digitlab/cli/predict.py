@@ -10,13 +10,10 @@ reported), 2 for usage problems (no such run, a model file that can't be loaded,
 from __future__ import annotations
 
 import json
-import os
 import sys
-import zipfile
 from pathlib import Path
 
-from digitlab.backend import choose_backend
-from digitlab.cli import fail
+from digitlab.cli import fail, run_family
 
 
 def add_parser(subparsers) -> None:
@@ -30,24 +27,17 @@ def add_parser(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON list instead of text lines")
     p.add_argument("--save-input", metavar="DIR", type=Path,
                    help="write each 28x28 image the model saw to DIR as PNG, to check the preprocessing")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, family=lambda args: run_family(args.run))
 
 
 def run(args) -> int:
-    # keras is imported only now (through the run's model), after the backend is chosen.
-    from digitlab.runs import RunError, open_run
-    try:
-        the_run = open_run(args.run)
-    except RunError as exc:
-        return fail(str(exc))
-    choose_backend(the_run.family)
-    try:
-        the_run.model  # loaded now, so that a broken file is one clear error, not a traceback mid-batch
-    except Exception as exc:  # Keras and h5py raise ValueError, OSError, JSONDecodeError, KeyError...
-        return fail(_unloadable(the_run.model_path, exc))
     from digitlab.prediction import predict_paths
+    from digitlab.predictor import Predictor
+    from digitlab.runs import open_run
+    the_run = open_run(args.run)
+    predictor = Predictor.from_run(the_run)  # now: a broken model file is one clear error, not one per input
     try:
-        results = predict_paths(the_run.predict_proba, args.inputs, save_input_dir=args.save_input)
+        results = predict_paths(predictor, args.inputs, save_input_dir=args.save_input)
     except OSError as exc:  # the --save-input folder; reading inputs reports per file instead
         return fail(f"cannot write to --save-input {args.save_input}: {exc.strerror or exc}")
 
@@ -63,20 +53,6 @@ def run(args) -> int:
                 top = ", ".join(f"{_label(c, names)} {p:.3f}" for c, p in r.top3)
                 print(f"{where}: {_noun(names)} {_label(r.digit, names)} (p={r.probability:.3f})  top3: {top}")
     return 1 if any(r.error for r in results) else 0
-
-
-def _unloadable(path: Path, exc: Exception) -> str:
-    # Keras answers "File not found" for any file that isn't a zip archive, even one that exists.
-    if path.is_dir():
-        why = "it is a folder, not a model file"
-    elif not os.access(path, os.R_OK):
-        why = "no permission to read it"
-    elif path.is_file() and not zipfile.is_zipfile(path):
-        why = "it is not a .keras (zip) archive: truncated, overwritten or not a model"
-    else:
-        why = f"{type(exc).__name__}: {exc}"
-    return (f"cannot load the model {path} ({why}); train the run again with `digitlab train`, "
-            f"or pass another run directory")
 
 
 def _is_digits(names: list[str]) -> bool:

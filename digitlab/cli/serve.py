@@ -9,8 +9,7 @@ import errno
 import ipaddress
 import socket
 
-from digitlab.backend import choose_backend
-from digitlab.cli import fail
+from digitlab.cli import fail, run_family
 
 
 def add_parser(sub) -> None:
@@ -22,22 +21,18 @@ def add_parser(sub) -> None:
                    help="most requests that share one forward pass (default: 64; 1 turns micro-batching off)")
     p.add_argument("--access-log", dest="access_log", action="store_true",
                    help="log every request (off by default: a log line per request costs CPU under load)")
-    p.set_defaults(func=cmd_serve)
+    p.set_defaults(func=cmd_serve, family=lambda args: run_family(args.run))
 
 
 def cmd_serve(args) -> int:
-    from digitlab.runs import RunError, open_run
-    try:
-        run = open_run(args.run)
-    except RunError as exc:
-        return fail(str(exc))
+    from digitlab.runs import open_run
+    run = open_run(args.run)
     if not 0 <= args.port <= 65535:
         return fail(f"--port must be between 0 and 65535, got {args.port}")
-    from digitlab.serving import MAX_BATCH, create_app  # no keras yet: the backend is still to choose
+    from digitlab.serving import MAX_BATCH, create_app
     max_batch = MAX_BATCH if args.max_batch is None else args.max_batch
     if max_batch < 1:
         return fail(f"--max-batch must be at least 1, got {max_batch}")
-    choose_backend(run.family)  # the backend that runs this model family fastest (digitlab.backend)
 
     # Bind first, so that a port in use is reported in a second, not after the model has loaded.
     try:
