@@ -4,14 +4,17 @@
     python bench/accuracy.py                               # the full rows, 3 seeds each: hours on 2 cores
     python bench/accuracy.py --rows fastcnn-30s,mlp        # some rows (names: --list)
     python bench/accuracy.py --backends                    # seconds per epoch of each family, TF vs JAX
+    python bench/accuracy.py --quick --rows fastcnn-30s --quick-train-size 300 --quick-epochs 1   # a smoke run
 
 Each row is `digitlab train --model M <recipe> --val 0 --seeds N` in a fresh process (so each picks
 its own backend), into OUT/<row>; the ensemble row is `digitlab ensemble` over another row's runs.
 Protocol: all 60,000 training images, a fixed number of epochs (no test-set peeking: no validation,
 no early stopping), test accuracy on the 10,000 test images, mean and sample std over the seeds;
 "train s" is the wall time of the training epochs (augmentation included; start-up, data loading
-and evaluation excluded). A row already finished in OUT is read back, not retrained; an interrupted
-one is resumed (`digitlab train --resume`), so the full benchmark can be run in pieces.
+and evaluation excluded). A goal "in <= T s" holds only if every seed trained within T s (the worst seed
+is judged, not the mean); an accuracy goal is on the mean over the seeds. A row already finished in OUT
+is read back, not retrained; an interrupted one is resumed (`digitlab train --resume`), so the full
+benchmark can be run in pieces. No ONNX export: these runs are measured, not served.
 Other processes on the machine slow training down: the table records the 1-minute load average
 seen during each row, so a slow figure can be told from a slow machine.
 """
@@ -30,7 +33,7 @@ from pathlib import Path
 from digitlab.runs import is_seed_group, read_metrics, read_seed_group
 
 ROOT = Path(__file__).resolve().parent.parent
-QUICK_TRAIN = ["--train-size", "10000"]  # --quick: a sixth of the data...
+QUICK_TRAIN_SIZE = 10_000  # --quick: a sixth of the data...
 QUICK_EPOCHS = 2  # ...for two epochs: every row's recipe end to end, in seconds to a minute
 
 
@@ -41,7 +44,7 @@ class Row:
     recipe: str  # what the README says about it
     args: tuple[str, ...] = ()  # digitlab train flags on top of the model's registered recipe
     goal_accuracy: float | None = None  # the issue's goal (mean over seeds), if any
-    goal_seconds: float | None = None  # ... within this much training time per run
+    goal_seconds: float | None = None  # ... within this much training time, for every run (the worst seed)
     ensemble_of: str | None = None  # for an ensemble row: the row whose runs it averages
     tta: bool = False  # ensemble row: test-time augmentation
     each: bool = False  # ensemble row: one "ensemble" per member run (TTA of a single model), mean over them
@@ -79,13 +82,14 @@ ROWS = [
 
 def digitlab(*args: str, env_extra: dict | None = None) -> None:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env_extra or {})}
-    cmd = [sys.executable, "-m", "digitlab", *args]
+    cmd = [sys.executable, "-m", "digitlab", *args, *(["--no-export"] if args[0] in ("train", "ensemble") else [])]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
 
 
-def run_row(row: Row, out: Path, seeds: int, quick: bool) -> dict:
+def run_row(row: Row, out: Path, seeds: int, quick: bool, quick_train: int = QUICK_TRAIN_SIZE,
+            quick_epochs: int = QUICK_EPOCHS) -> dict:
     folder = out / row.name
     load = os.getloadavg()[0]
     start = time.time()
@@ -104,7 +108,7 @@ def run_row(row: Row, out: Path, seeds: int, quick: bool) -> dict:
             secs.append(metrics.train_seconds or 0.0)
         result = {"seeds": len(seeds_list), "accuracy_mean": statistics.mean(scores),
                   "accuracy_std": statistics.stdev(scores) if len(scores) > 1 else 0.0, "accuracy_each": scores,
-                  "train_seconds": statistics.mean(secs)}
+                  "train_seconds": statistics.mean(secs), "train_seconds_each": secs}
     else:
         started = is_seed_group(folder)
         summary = read_seed_group(folder).summary if started else None
@@ -113,7 +117,7 @@ def run_row(row: Row, out: Path, seeds: int, quick: bool) -> dict:
             if started:
                 digitlab("train", "--resume", str(folder), "--quiet")
             else:
-                extra = [*QUICK_TRAIN, "--epochs", str(QUICK_EPOCHS)] if quick else []
+                extra = ["--train-size", str(quick_train), "--epochs", str(quick_epochs)] if quick else []
                 digitlab("train", "--model", row.model, *row.args, *extra, "--val", "0", "--seeds", str(seeds),
                          "--quiet", "--out", str(folder))
             summary = read_seed_group(folder).summary
@@ -138,20 +142,30 @@ def goal_text(row: Row) -> str:
 
 
 def goal_met(row: Row, r: dict) -> str:
+    """"yes", or "no (why)": accuracy on the mean over the seeds; time on the slowest seed, since a goal of
+    "99.5% in 3 minutes" is a promise about each run, which a mean can keep while a seed breaks it."""
     if row.goal_accuracy is None:
         return ""
-    ok = r["accuracy_mean"] >= row.goal_accuracy - 1e-9
-    if row.goal_seconds is not None and r["train_seconds"] is not None:
-        ok = ok and r["train_seconds"] <= row.goal_seconds
-    return "yes" if ok else "no"
+    why = []
+    if r["accuracy_mean"] < row.goal_accuracy - 1e-9:
+        why.append(f"mean accuracy {r['accuracy_mean']:.2%}")
+    if row.goal_seconds is not None:
+        each = r.get("train_seconds_each") or ([r["train_seconds"]] if r["train_seconds"] is not None else [])
+        if not each:
+            why.append("no training time recorded")
+        elif max(each) > row.goal_seconds:
+            why.append(f"slowest seed {max(each):.0f} s")
+    return "no (" + ", ".join(why) + ")" if why else "yes"
 
 
 def table(results: list[dict], quick: bool) -> str:
-    head = ("| row | model | recipe | seeds | test accuracy (mean ± std) | train s / run | load | goal | met |\n"
-            "|---|---|---|---|---|---|---|---|---|\n")
+    head = ("| row | model | recipe | seeds | test accuracy (mean ± std) | train s / run (slowest) | load | goal "
+            "| met |\n|---|---|---|---|---|---|---|---|---|\n")
     lines = []
     for r in results:
         secs = "" if r["train_seconds"] is None else f"{r['train_seconds']:.0f}"
+        if len(r.get("train_seconds_each") or []) > 1:
+            secs += f" ({max(r['train_seconds_each']):.0f})"
         lines.append(f"| {r['row']} | {r['model']} | {r['recipe']} | {r['seeds']} | "
                      f"{r['accuracy_mean']:.2%} ± {r['accuracy_std']:.2%} | {secs} | {r['load_1min']} | "
                      f"{r['goal']} | {'(quick)' if quick and r['goal'] else r['met']} |")
@@ -186,14 +200,18 @@ def time_backends(out: Path) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help=f"each row on {QUICK_TRAIN[1]} images for {QUICK_EPOCHS} "
+    p.add_argument("--quick", action="store_true", help=f"each row on {QUICK_TRAIN_SIZE} images for {QUICK_EPOCHS} "
                                                         "epochs, 1 seed (checks the recipes run; not the goals)")
+    p.add_argument("--quick-train-size", type=int, default=QUICK_TRAIN_SIZE, help="--quick: training images per row")
+    p.add_argument("--quick-epochs", type=int, default=QUICK_EPOCHS, help="--quick: epochs per row")
     p.add_argument("--seeds", type=int, default=3, help="seeds per row (default 3; --quick: 1)")
     p.add_argument("--rows", help="comma-separated row names (default: all)")
     p.add_argument("--out", help="where runs go (default: runs/bench-accuracy[-quick])")
     p.add_argument("--backends", action="store_true", help="only time each model family on TensorFlow and JAX")
     p.add_argument("--list", action="store_true", help="list the rows and exit")
     args = p.parse_args(argv)
+    if not args.quick and (args.quick_train_size, args.quick_epochs) != (QUICK_TRAIN_SIZE, QUICK_EPOCHS):
+        p.error("--quick-train-size and --quick-epochs change --quick runs only; the full rows keep their protocol")
     if args.list:
         for r in ROWS:
             print(f"{r.name:18} {r.model:9} {' '.join(r.args):32} {goal_text(r)}")
@@ -211,15 +229,18 @@ def main(argv=None) -> int:
         print(f"unknown rows {sorted(unknown)}; known: {', '.join(r.name for r in ROWS)}", file=sys.stderr)
         return 2
     seeds = 1 if args.quick else args.seeds
+    started = time.monotonic()
     results = []
     for row in (r for r in ROWS if r.name in wanted):
         print(f"{row.name} ...", file=sys.stderr, flush=True)
-        results.append(run_row(row, out, seeds, args.quick))
+        results.append(run_row(row, out, seeds, args.quick, args.quick_train_size, args.quick_epochs))
     text = table(results, args.quick)
     if args.quick:
-        text += (f"\n--quick: every recipe on {QUICK_TRAIN[1]} training images for {QUICK_EPOCHS} epochs, 1 seed; "
-                 "it checks that the rows run, not the goals.\n")
+        text += (f"\n--quick: every recipe on {args.quick_train_size} training images for {args.quick_epochs} "
+                 "epochs, 1 seed; it checks that the rows run, not the goals.\n")
     print(text)
+    print(f"wall time {time.monotonic() - started:.0f} s for {len(results)} row(s) "
+          f"(rows already in {out} are read back, not timed again)")
     (out / "results.md").write_text(text)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return 0

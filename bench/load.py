@@ -15,6 +15,11 @@ The load generator is Python too and shares the machine's cores with the server,
 what is measured: the table shows both processes' CPU use. Latency is measured by the client, from
 sending a request to reading the whole response; `server ms` is the server's own time_ms.
 Bounded: at most MAX_CLIENTS clients, MAX_DURATION_S seconds per scenario, MAX_REQUESTS requests.
+
+The goal, for paced scenarios (a fixed request rate, as real users send; the README's is 50x10 = 500 req/s):
+client-measured p50 <= 5 ms and p99 <= 20 ms. Each paced scenario's row says whether it was met, and a line
+after the table says it in words; --require-goal makes a miss the exit status 3. Flat-out scenarios measure
+throughput, where latency is queueing by design: no goal.
 """
 from __future__ import annotations
 
@@ -42,11 +47,14 @@ REQUEST_TIMEOUT_S = 10.0
 STARTUP_TIMEOUT_S = 120.0
 WARMUP_REQUESTS = 200
 DIGITS = 10  # distinct test digits cycled through
+GOAL_P50_MS = 5.0  # paced scenarios: client-measured latency goals
+GOAL_P99_MS = 20.0
 
 
 @dataclass
 class Result:
     scenario: str
+    paced: bool = False  # a fixed request rate (the latency goal applies), not as fast as possible
     seconds: float = 0.0
     latencies_ms: list[float] = field(default_factory=list)
     server_ms: list[float] = field(default_factory=list)
@@ -74,7 +82,21 @@ class Result:
             "server CPU %": 100 * self.server_cpu_s / self.seconds if self.server_cpu_s is not None else float("nan"),
             "client CPU %": 100 * self.client_cpu_s / self.seconds if self.seconds else 0.0,
             "RSS MB before": self.rss_before_mb, "RSS MB after": self.rss_after_mb,
+            "goal": ("met" if self.goal_met() else "NOT met") if self.paced else "-",
         }
+
+    def goal_met(self) -> bool:
+        """p50 <= GOAL_P50_MS and p99 <= GOAL_P99_MS, with every request answered."""
+        if not self.latencies_ms or self.errors:
+            return False
+        p50, p99 = np.percentile(self.latencies_ms, [50, 99])
+        return bool(p50 <= GOAL_P50_MS and p99 <= GOAL_P99_MS)
+
+    def goal_line(self) -> str:
+        p50, p99 = np.percentile(self.latencies_ms or [float("nan")], [50, 99])
+        verdict = "met" if self.goal_met() else "NOT met"
+        return (f"{self.scenario}: goal p50 <= {GOAL_P50_MS:g} ms and p99 <= {GOAL_P99_MS:g} ms {verdict} "
+                f"(p50 {p50:.2f} ms, p99 {p99:.1f} ms, {self.errors} errors)")
 
 
 def parse_scenario(text: str) -> tuple[int, float]:
@@ -291,7 +313,7 @@ async def client_loop(conn, raws, rate: float, stop_at: float, budget: list[int]
 
 async def run_scenario(url: str, bodies, clients: int, rate: float, duration: float, pid: int | None) -> Result:
     name = f"{clients} clients x {'max' if not rate else f'{rate:g}/s'}"
-    result = Result(name)
+    result = Result(name, paced=bool(rate))
     host, port = urlsplit(url).hostname, urlsplit(url).port or 80
     raws = [predict_request(host, port, b) for b in bodies]
     # Every connection is open before the clock starts: the table measures requests, not handshakes.
@@ -359,6 +381,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=20.0, help=f"seconds per scenario (at most {MAX_DURATION_S:.0f})")
     p.add_argument("--max-batch", dest="max_batch", type=int, help="passed to `digitlab serve` (default: its own)")
     p.add_argument("--json", dest="json_out", help="also write the rows to this JSON file")
+    p.add_argument("--require-goal", action="store_true",
+                   help=f"exit with status 3 when a paced scenario misses p50 <= {GOAL_P50_MS:g} ms, "
+                        f"p99 <= {GOAL_P99_MS:g} ms")
     args = p.parse_args(argv)
     if not 0 < args.duration <= MAX_DURATION_S:
         p.error(f"--duration must be in (0, {MAX_DURATION_S:.0f}]")
@@ -384,11 +409,15 @@ def main(argv: list[str] | None = None) -> int:
     rows = [r.row() for r in results]
     print(format_table(rows))
     for r in results:
+        if r.paced:
+            print(r.goal_line())
         if r.errors:
             print(f"{r.scenario}: errors {r.error_kinds}")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(rows, indent=2))
-    return 1 if any(r.errors for r in results) else 0
+    if any(r.errors for r in results):
+        return 1
+    return 3 if args.require_goal and not all(r.goal_met() for r in results if r.paced) else 0
 
 
 if __name__ == "__main__":

@@ -2,12 +2,21 @@
 
     model = build_classic("knn", seed=0)                  # an unfitted estimator, hyperparameters from CLASSIC
     model = fit_classic(model, flatten(x_train), y_train)
-    proba = predict_proba(model, flatten(x_test))         # (n, 10) class probabilities (or scores, see svm)
+    proba = predict_proba(model, flatten(x_test))         # (n, 10) class probabilities (the svm's: see there)
     path, sha = save_classic(model, folder)               # model.joblib or model.ubj, and its SHA-256
     model = load_classic(path, sha)                       # refuses a file whose SHA-256 differs
 
 Every model sees the pixels the network sees (`digitlab.data.scale`: float32 in [0, 1]), flattened
-to 784 features. All hyperparameters live in CLASSIC below, one comment each; `k-means-N` names any
+to 784 features. `digitlab compare` calibrates each model's probabilities on held-out images:
+
+    calibrator = fit_calibrator(predict_proba(model, x_cal), y_cal)   # isotonic, one class against the rest
+    calibrated = calibrator(predict_proba(model, x_test))             # (n, 10), rows summing to 1
+
+Isotonic regression (scikit-learn's CalibratedClassifierCV on the frozen model), not temperature
+scaling: kNN's and the forest's probabilities are vote shares, and the SVM's a softmax of vote counts,
+which one temperature cannot calibrate (measured in docs/trust.md).
+
+All hyperparameters live in CLASSIC below, one comment each; `k-means-N` names any
 number of clusters. The models use at most N_JOBS cores. On shared cores set OMP_WAIT_POLICY=PASSIVE
 before scikit-learn is imported (`digitlab compare` does): OpenMP threads that spin while waiting
 made XGBoost 5x slower on this project's busy 2-core machine.
@@ -16,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import re
 import warnings
 from collections.abc import Callable
@@ -205,8 +215,8 @@ def fit_classic(model, x: np.ndarray, y: np.ndarray, on_round: Callable[[int, in
 
 def predict_proba(model, x: np.ndarray) -> np.ndarray:
     """(n, 784) -> (n, 10). An SVM without Platt scaling has no probabilities: its one-vs-rest
-    decision values (vote counts plus a confidence below 1/3) go through a softmax. Their argmax
-    is the SVM's prediction, but they are scores, not calibrated probabilities."""
+    decision values (vote counts plus a confidence below 1/3) go through a softmax. Their argmax is
+    the SVM's prediction, but they are scores, not probabilities, until calibrated (fit_calibrator)."""
     with thread_limits():
         if hasattr(model, "predict_proba"):
             return np.asarray(model.predict_proba(x), dtype=np.float32)
@@ -214,6 +224,37 @@ def predict_proba(model, x: np.ndarray) -> np.ndarray:
     scores -= scores.max(axis=1, keepdims=True)
     e = np.exp(scores)
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+CALIBRATION = "isotonic"  # CalibratedClassifierCV's method for the classic models: see fit_calibrator
+
+
+def fit_calibrator(proba: np.ndarray, y: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """A calibration map fitted on held-out probabilities (n, classes) and their labels: per class, an isotonic
+    regression of "is this class" on its probability (one against the rest), the rows renormalised. The map may
+    change the top class of a near tie: the model's own predictions stay the ones to score accuracy on."""
+    from sklearn.base import BaseEstimator, ClassifierMixin
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.frozen import FrozenEstimator
+
+    class GivenProbabilities(ClassifierMixin, BaseEstimator):
+        """A classifier whose input is its probabilities: the model's, computed once (the SVM and kNN are slow)."""
+
+        def fit(self, x, y):
+            self.classes_ = np.arange(x.shape[1])
+            return self
+
+        def predict_proba(self, x):
+            return x
+
+        def predict(self, x):
+            return x.argmax(axis=1)
+
+    proba = np.asarray(proba, dtype=np.float64)
+    y = np.asarray(y).astype(int)
+    frozen = FrozenEstimator(GivenProbabilities().fit(proba, y))
+    calibrated = CalibratedClassifierCV(frozen, method=CALIBRATION).fit(proba, y)
+    return lambda p: calibrated.predict_proba(np.asarray(p, dtype=np.float64)).astype(np.float32)
 
 
 @contextlib.contextmanager
@@ -288,11 +329,15 @@ def load_classic(path: str | Path, expected_sha256: str):
     """Load a model saved by save_classic, only if its SHA-256 matches the one recorded at save time.
 
     joblib files are pickles, and unpickling runs code: a file swapped or altered since we wrote it
-    must never reach joblib.load. The check guards against files changed or copied in from elsewhere;
-    it cannot stop someone who can rewrite both the model and the manifest that records its hash.
+    must never reach joblib.load. The bytes are read once, hashed, and loaded from memory, so the file
+    can't change between the check and the load. The check is only as good as `expected_sha256`:
+    `digitlab compare` takes it from a manifest signed with this machine's key
+    (digitlab.comparison.signing), never from an unsigned one beside the model. model.ubj is
+    XGBoost's own format, parsed as data by XGBoost, never unpickled.
     """
     path = Path(path)
-    actual = sha256_file(path)
+    data = path.read_bytes()
+    actual = hashlib.sha256(data).hexdigest()
     if actual != expected_sha256:
         raise ModelIntegrityError(
             f"{path} has SHA-256 {actual[:16]}..., but {expected_sha256[:16]}... was recorded when it was saved: "
@@ -300,7 +345,7 @@ def load_classic(path: str | Path, expected_sha256: str):
     if path.name == XGBOOST_FILE:
         from xgboost import XGBClassifier
         model = XGBClassifier()
-        model.load_model(str(path))
+        model.load_model(bytearray(data))  # a bytearray is read as a model in memory, its format detected
         return model
     import joblib
-    return joblib.load(path)  # safe: the bytes are the ones we wrote (checked above)
+    return joblib.load(io.BytesIO(data))  # runs pickle code: only bytes whose hash was recorded by us

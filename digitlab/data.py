@@ -14,15 +14,18 @@ holds exactly the canonical data in the canonical order:
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
+import logging
 import os
 import pickle
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
 import zipfile
 from collections.abc import Callable
@@ -31,12 +34,15 @@ from pathlib import Path
 
 import numpy as np
 
-from digitlab.atomic import atomic_path
+from digitlab.atomic import atomic_path, temporaries
 from digitlab.errors import ChecksumError, ConfigError, DataUnavailableError
 
 IMAGE_SIZE = 28
 NUM_CLASSES = 10
 MIRROR_TIMEOUT_S = 4.0  # per request: an offline machine must move on in seconds
+STALE_TEMPORARY_S = 600  # a cache write takes seconds; a temporary this old was left by a killed process
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -299,6 +305,10 @@ def load_dataset(name: str = "mnist", data_dir: str | Path | None = None, cache_
 
     failures = []
     for source in ordered:
+        if source.name == "cache" and cache.is_dir():
+            failures.append((source.name, f"{cache} is a folder, not a cache file: remove it, or set "
+                                          "DIGITLAB_CACHE_DIR to another place"))
+            continue
         if source.name == "cache" and not cache.exists():
             failures.append((source.name, f"no cache file at {cache}"))
             continue
@@ -309,24 +319,37 @@ def load_dataset(name: str = "mnist", data_dir: str | Path | None = None, cache_
                 raise ChecksumError(f"content sha256 {digest[:16]}... does not match the canonical "
                                     f"{spec.content_sha256[:16]}...")
         except Exception as exc:  # noqa: BLE001 - every failure is reported, then the next source is tried
-            failures.append((source.name, f"{type(exc).__name__}: {exc}"))
-            if source.name == "cache":
-                cache.unlink(missing_ok=True)  # corrupt or truncated: fetch again below
+            why = f"{type(exc).__name__}: {exc}"
+            if source.name == "cache":  # corrupt or truncated: fetch again below, and replace it
+                try:
+                    cache.unlink(missing_ok=True)
+                except OSError as unlink_exc:
+                    why += f" (and it could not be removed: {unlink_exc.strerror or unlink_exc})"
+            failures.append((source.name, why))
             continue
-        if source.cacheable:
-            _write_cache(cache, arrays)
+        cached = source.name == "cache" or (source.cacheable and _write_cache(cache, arrays))
         return Dataset(spec.name, *arrays, class_names=spec.class_names, provenance={
             "dataset": spec.name, "source": source.name, "detail": detail, "sha256": digest,
-            "cache": str(cache)})
+            "cache": str(cache) if cached else None})
     raise DataUnavailableError(_unavailable_message(spec, failures, cache_dir))
 
 
-def _write_cache(path: Path, arrays: Arrays) -> None:
+def _write_cache(path: Path, arrays: Arrays) -> bool:
+    """Cache the verified arrays at `path`; False, with a warning, where that can't be done: the data is
+    loaded all the same, and a cache that can't be written must not stop a run that has its data."""
+    now = time.time()
+    for tmp in temporaries(path.parent, [path.name]):  # left by a process killed while writing the cache
+        with contextlib.suppress(OSError):
+            if now - tmp.stat().st_mtime > STALE_TEMPORARY_S:
+                tmp.unlink()
     try:
         with atomic_path(path) as tmp:
             np.savez(tmp, x_train=arrays[0], y_train=arrays[1], x_test=arrays[2], y_test=arrays[3])
-    except OSError:
-        pass  # a read-only cache folder must not stop a run that already has its data
+        return True
+    except OSError as exc:
+        log.warning("could not write the data cache %s (%s); the data will be fetched again next time: set "
+                    "DIGITLAB_CACHE_DIR to a writable folder", path, exc.strerror or exc)
+        return False
 
 
 def _unavailable_message(spec: DatasetSpec, failures, cache_dir: Path) -> str:

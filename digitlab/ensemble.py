@@ -2,6 +2,7 @@
 
     run = make_ensemble(["runs/a", "runs/b", "runs/c"], out="runs/ens", tta=True)
     run.metrics.test_accuracy                     # evaluated like any run (report.html and all)
+    run.trust.method                              # "msp": its trust model, fitted on images no member trained on
     Predictor.from_run(open_run("runs/ens"))      # predict and serve need only the folder
 
 The ensemble's model.keras is one Keras model: the members as sub-models, their outputs averaged
@@ -11,8 +12,10 @@ only standard layers and loads with safe_mode on both backends.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import math
 from pathlib import Path
 
 import keras
@@ -23,7 +26,7 @@ from digitlab.environment import environment_info
 from digitlab.errors import RunError
 from digitlab.evaluation import evaluate_run
 from digitlab.predictor import load_keras_model
-from digitlab.runs import EnsembleConfig, Run, RunState, new_run_dir, open_run
+from digitlab.runs import EnsembleConfig, Run, RunState, claim_folder, lock_run, new_run_dir, open_run
 from digitlab.training import save_model
 
 TTA_SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))  # (down, right) in pixels; (0, 0) is the image itself
@@ -39,6 +42,8 @@ def open_members(paths) -> list[Run]:
     if not paths:
         raise RunError("an ensemble needs at least one run: digitlab ensemble RUN [RUN ...]")
     runs = [open_run(p) for p in paths]
+    for run in runs:
+        check_member(run)
     datasets = {r.data.sha256 for r in runs}
     if len(datasets) > 1:
         names = ", ".join(f"{r.path.name}: {r.data.dataset}" for r in runs)
@@ -46,6 +51,17 @@ def open_members(paths) -> list[Run]:
     if len({str(r.path.resolve()) for r in runs}) < len(runs):
         raise RunError("the same run is listed twice; each member should be a different run")
     return runs
+
+
+def check_member(run: Run) -> None:
+    """A run that failed, or whose test figures are not finite numbers, would poison the average."""
+    if run.state.status == "failed":
+        raise RunError(f"{run.path} failed ({run.state.error}); leave it out of the ensemble")
+    metrics = run.metrics
+    if metrics is not None and not all(math.isfinite(v) for v in (metrics.test_accuracy, metrics.test_loss)):
+        raise RunError(f"{run.path} has non-finite test figures (accuracy {metrics.test_accuracy}, loss "
+                       f"{metrics.test_loss}): its model is broken (did training diverge?); leave it out of the "
+                       "ensemble")
 
 
 def shifted(x, dy: int, dx: int):
@@ -72,14 +88,22 @@ def ensemble_model(members: list, tta: bool = False):
 
 
 def make_ensemble(paths, out: str | Path | None = None, runs_root: str | Path = "runs", tta: bool = False,
-                  evaluate: bool = True, dataset=None) -> Run:
-    """Build, save and (by default) evaluate the ensemble of the runs at `paths`; return its Run."""
+                  evaluate: bool = True, dataset=None, overwrite: bool = False) -> Run:
+    """Build, save and (by default) evaluate the ensemble of the runs at `paths`; return its Run.
+
+    `out` must be empty or new; with `overwrite`, a digitlab run in it is replaced (other files are kept)."""
     members = open_members(paths)
-    if out and Path(out, "model.keras").exists():
-        raise RunError(f"{out} already holds a model; choose a new --out folder")
-    model = ensemble_model([load_keras_model(m.model_path) for m in members], tta=tta)
-    run = Run(Path(out) if out else new_run_dir(runs_root, _name(members, tta)))
-    run.path.mkdir(parents=True, exist_ok=True)
+    folder = Path(out) if out else None
+    with lock_run(folder) if folder else contextlib.nullcontext():
+        if folder:  # refused before the members load; a new folder is made only once they have
+            claim_folder(folder, overwrite)
+        model = ensemble_model([load_keras_model(m.model_path) for m in members], tta=tta)
+        path = folder or new_run_dir(runs_root, _name(members, tta))
+        with lock_run(path):
+            return _save_ensemble(Run(path), members, model, tta, evaluate, dataset)
+
+
+def _save_ensemble(run: Run, members: list[Run], model, tta: bool, evaluate: bool, dataset) -> Run:
     first = members[0]
     run.write_config(EnsembleConfig(
         members=[str(m.path) for m in members], member_models=[m.config.model for m in members],

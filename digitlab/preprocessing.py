@@ -22,6 +22,8 @@ wrong and what to do; callers show it as is.
 from __future__ import annotations
 
 import io
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -75,15 +77,58 @@ class BadArrayError(InputImageError):
     pass
 
 
+class NotAFileError(InputImageError):
+    """A folder, FIFO, device or socket where an image file was expected."""
+
+
 # ---------------------------------------------------------------- reading images
 
 def read_image_file(path: str | Path) -> np.ndarray:
     """Read an image file as (H, W) float32 grayscale, 0 = black, 1 = white. OSError if unreadable."""
-    path = Path(path)
-    size = path.stat().st_size
-    if size > MAX_BYTES:  # checked before reading, so a huge file never reaches memory
-        raise ImageTooLargeError(_too_many_bytes(size))
-    return read_image_bytes(path.read_bytes())
+    return read_image_bytes(read_file_bytes(path, MAX_BYTES))
+
+
+def read_file_bytes(path: str | Path, limit: int) -> bytes:
+    """The bytes of the regular file at `path` (links followed), refusing anything over `limit` bytes.
+
+    Only regular files are read: a FIFO would block for ever, and /dev/zero (or a .png link to it)
+    never ends. The limit holds while reading, whatever size the file system reports (0 for those).
+    NotAFileError or ImageTooLargeError say why a file is refused; OSError if it can't be opened.
+    """
+    # O_NONBLOCK: opening a FIFO must not wait for a writer before fstat can tell what it is.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        info = os.fstat(fd)
+        check_regular_file(info.st_mode)
+        if info.st_size > limit:  # the reported size, when it says too much: refused before reading
+            raise ImageTooLargeError(_too_many_bytes(info.st_size))
+        os.set_blocking(fd, True)
+        chunks, left = [], limit + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > limit:  # the file grew, or the file system reported the size wrong
+        raise ImageTooLargeError(f"file is over the limit of {limit / 2**20:.0f} MiB: shrink or crop the image "
+                                 "around the digit")
+    return data
+
+
+def check_regular_file(mode: int) -> None:
+    """NotAFileError unless `mode` (an st_mode) is a regular file's."""
+    if stat.S_ISREG(mode):
+        return
+    if stat.S_ISDIR(mode):
+        raise NotAFileError("this is a folder, not a file")
+    kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
+    raise NotAFileError(f"this is {kind}, not an image file: pass PNG, JPEG, BMP, GIF, WebP or TIFF files, "
+                        "or .npy arrays")
 
 
 def read_image_bytes(data: bytes) -> np.ndarray:
@@ -199,6 +244,7 @@ def read_npy(path: str | Path) -> np.ndarray:
 
     Pickled (object) arrays are refused: loading them can run arbitrary code.
     """
+    check_regular_file(os.stat(path).st_mode)  # np.load would block on a FIFO; a device is never an array
     try:
         # mmap reads only the header, so shape and dtype are checked before any data is read.
         a = np.load(path, mmap_mode="r", allow_pickle=False)

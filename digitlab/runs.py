@@ -9,30 +9,42 @@
         state.json         running / interrupted / completed / failed, epochs completed (RunState)
         model.keras        the model the run ended with (the best epoch's with restore_best, else the last)
         metrics.json       test figures (Metrics), with the other evaluation artefacts (digitlab.evaluation)
+        trust.json         the fitted trust model (digitlab.trust.TrustModel: temperature, OOD method, thresholds),
+        trust.npz          with its arrays (class means and precision for the Mahalanobis score); evaluation fits it
+        model.onnx         model.keras exported (digitlab.export), kept only if it passed its check against Keras;
+        model.tflite       the same for LiteRT (TF Lite), on request
+        export.json        those checks, one ExportCheck per format
 
     run = open_run("runs/...")
     run.config.model, run.state.status, run.metrics.test_accuracy, run.history[-1].val_loss
+    run.trust.thresholds, run.metrics.trust.ece_after      # the trust model and its figures on the test set
 
 A field that this version does not know, or a required one that is missing, is a RunError naming
 the file and the field: a run is never half-understood.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import datetime as dt
 import hashlib
 import io
 import json
+import os
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from digitlab.atomic import write_json_atomic, write_text_atomic
+from digitlab.atomic import atomic_path, fsync_dir, remove_temporaries, write_json_atomic, write_text_atomic
 from digitlab.config import TrainConfig
 from digitlab.errors import RunError
 from digitlab.registry import model_family
+
+if typing.TYPE_CHECKING:
+    from digitlab.trust import TrustModel
 
 SCHEMA_VERSION = 1  # of config.json and the files beside it; runs without one are version 0 (pre-1 digitlab)
 MODEL_FILE = "model.keras"
@@ -41,6 +53,18 @@ SEEDS_FILE = "seeds.json"  # in a --seeds group folder: the config, the seeds an
 CONFIG, DATA, ENVIRONMENT, STATE, METRICS, HISTORY = (
     "config.json", "data.json", "environment.json", "state.json", "metrics.json", "history.csv")
 DIGITS = tuple(str(d) for d in range(10))
+EXPORT = "export.json"  # the exported models and the parity checks that kept them (ExportCheck per format)
+EXPORT_FILES = {"onnx": "model.onnx", "litert": "model.tflite"}  # format -> file name in the run folder
+LOCK_FILE = ".digitlab.lock"  # flock'ed by the process writing the run, which writes its PID in it (lock_run)
+TRUST, TRUST_ARRAYS = "trust.json", "trust.npz"  # the fitted trust model: scalars (JSON) and arrays (NumPy, no pickle)
+# Every file digitlab writes into a run folder (training, evaluation, export): what --overwrite replaces, and
+# whose leftover temporaries are removed. The model goes first and config.json last: config.json says whose
+# folder it is, so a removal cut short never leaves one run's files under another's config.
+RUN_FILES = (MODEL_FILE, BEST_MODEL_FILE, *EXPORT_FILES.values(), EXPORT, METRICS, TRUST, TRUST_ARRAYS, "report.html",
+             "diagnostics.json", "classification_report.txt", "classification_report.json", "confusion_matrix.csv",
+             "confusion_matrix.png", "confused_pairs.txt", "misclassified.png", "loss.png", "accuracy.png",
+             "generalisation_gap.png", "first_layer.png", "reliability.png", "coverage.png", HISTORY, STATE,
+             ENVIRONMENT, DATA, CONFIG)
 
 
 # ---------------------------------------------------------------- the typed files
@@ -116,6 +140,40 @@ HISTORY_FIELDS = [f.name for f in dataclasses.fields(EpochRecord)]
 
 
 @dataclass(frozen=True)
+class OodFigures:
+    """How the trust model tells one out-of-distribution set from the test digits (digitlab.ood.evaluate_trust)."""
+    name: str  # "non-digits (held out)", "fashion-mnist"
+    images: int
+    auroc: float  # of the OOD score, the set against the test digits
+    rejected: float  # share not answered `digit` at the operating point (unsure or not_a_digit)
+    not_a_digit: float  # share called not_a_digit
+
+
+@dataclass(frozen=True)
+class TrustFigures:
+    """The trust model on the test set: calibration before/after, selective prediction at the operating point and
+    at fixed coverages, and OOD detection. Rates are fractions; None where nothing was answered."""
+    method: str  # the OOD score: mahalanobis | energy | msp
+    temperature: float
+    fitted_on: str  # "validation" (images the model never trained on) | "training" (no clean split)
+    fit_images: int  # digits the temperature and thresholds were fitted on
+    confidence_threshold: float
+    ood_threshold: float | None  # None: never not_a_digit
+    ece_before: float
+    ece_after: float
+    nll_before: float
+    nll_after: float
+    brier_before: float
+    brier_after: float
+    coverage: float  # share of test digits answered `digit`
+    selective_accuracy: float | None  # accuracy on those
+    unsure: float  # share of test digits answered unsure
+    not_a_digit: float  # share of test digits called not_a_digit
+    coverage_table: list[list[float]] = field(default_factory=list)  # [coverage, accuracy], surest answered first
+    ood: list[OodFigures] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class Metrics:
     test_accuracy: float
     test_loss: float
@@ -132,7 +190,32 @@ class Metrics:
     train_accuracy_clean: float | None = None
     best_epoch: int | None = None
     dead_unit_share: float | None = None
+    trust: TrustFigures | None = None  # the trust model's figures (trust.json), for runs evaluated since issue 11
     extra: dict = field(default_factory=dict)  # figures particular to one producer (compare's timings, ...)
+
+
+@dataclass(frozen=True)
+class ExportCheck:
+    """One export of model.keras (digitlab.export) and its check against Keras on the whole test set."""
+    format: str  # "onnx" | "litert"
+    file: str  # its name in the run folder; not there when the check failed (a failed export keeps no file)
+    passed: bool  # same_argmax >= min_same_argmax and max_abs_diff <= max_diff_allowed
+    sha256: str | None  # of the kept file: a file that no longer matches is not used
+    size_bytes: int | None
+    source_sha256: str  # of the model.keras it came from: a model.keras trained further makes it stale
+    images: int  # test images compared
+    same_argmax: float  # share of them where both give the same top class
+    max_abs_diff: float  # largest |exported - Keras| probability over all images and classes
+    keras_accuracy: float  # test accuracy of each, for the reader's comfort
+    exported_accuracy: float
+    min_same_argmax: float  # the thresholds applied
+    max_diff_allowed: float
+    parameters: int | None = None  # the Keras model's, for tools that only see the exported file
+    features: bool = False  # the file also outputs the penultimate features (second output), for the trust model
+    max_feature_diff: float | None = None  # largest |exported - Keras| feature over the largest |feature|, if features
+    seconds: float | None = None  # converting and checking
+    versions: dict[str, str] = field(default_factory=dict)  # keras, tensorflow, tf2onnx, onnx, onnxruntime
+    created: str = ""  # ISO time
 
 
 # Fields older runs wrote that now live elsewhere: accepted on reading, never written.
@@ -266,6 +349,27 @@ class Run:
     def best_model_path(self) -> Path:
         return self.path / BEST_MODEL_FILE
 
+    @cached_property
+    def exports(self) -> dict[str, ExportCheck]:
+        """The exports recorded in export.json by format ("onnx", "litert"); {} when there are none."""
+        where = self.path / EXPORT
+        doc = _read(where)
+        if doc is None:
+            return {}
+        if not isinstance(doc, dict) or set(doc) - set(EXPORT_FILES):
+            raise RunError(f"{where} should map formats ({', '.join(EXPORT_FILES)}) to checks; the file is damaged: "
+                           f"export the run again with `digitlab export {self.path}`")
+        return {fmt: from_json(ExportCheck, check, where) for fmt, check in doc.items()}
+
+    def export_path(self, fmt: str) -> Path:
+        return self.path / EXPORT_FILES[fmt]
+
+    @cached_property
+    def trust(self) -> TrustModel | None:
+        """The fitted trust model (trust.json and trust.npz), or None when the run has none (not evaluated since
+        issue 11); a damaged one is a RunError."""
+        return read_trust(self.path)
+
     @property
     def title(self) -> str:
         return f"digitlab: {self.config.model} ({self.path.name})"
@@ -304,11 +408,67 @@ class Run:
         write_metrics(self.path, metrics)
         self.__dict__["metrics"] = metrics
 
+    def write_trust(self, trust: TrustModel) -> None:
+        """trust.npz (its arrays), then trust.json, each atomically."""
+        write_trust(self.path, trust)
+        self.__dict__["trust"] = trust
+
+    def write_export(self, check: ExportCheck) -> None:
+        """Record one format's export check in export.json, keeping the other formats' records."""
+        self.__dict__.pop("exports", None)  # re-read: another process (the export worker) may have written it
+        exports = {**self.exports, check.format: check}
+        write_json_atomic(self.path / EXPORT, {fmt: to_json(c) for fmt, c in exports.items()})
+        self.__dict__["exports"] = exports
+
 
 def read_metrics(folder: str | Path) -> Metrics | None:
     path = Path(folder) / METRICS
     doc = _read(path)
-    return None if doc is None else from_json(Metrics, doc, path)
+    if doc is None:
+        return None
+    metrics = from_json(Metrics, doc, path)
+    if metrics.trust is None:
+        return metrics
+    trust = from_json(TrustFigures, metrics.trust, path)
+    trust = dataclasses.replace(trust, ood=[from_json(OodFigures, o, path) for o in trust.ood])
+    return dataclasses.replace(metrics, trust=trust)
+
+
+def read_trust(folder: str | Path) -> TrustModel | None:
+    """trust.json with the arrays of trust.npz (loaded without pickle), or None when there is no trust.json."""
+    from digitlab.trust import TrustModel  # here: it imports scipy, which reading a config never needs
+
+    folder = Path(folder)
+    doc = _read(folder / TRUST)
+    if doc is None:
+        return None
+    arrays = {}
+    if (folder / TRUST_ARRAYS).exists():
+        try:
+            with np_load(folder / TRUST_ARRAYS) as npz:
+                arrays = {name: npz[name] for name in npz.files}
+        except (OSError, ValueError) as exc:
+            raise RunError(f"cannot read {folder / TRUST_ARRAYS} ({exc}); the file is damaged: fit the trust model "
+                           f"again with `digitlab evaluate {folder}`") from None
+    try:
+        return TrustModel.from_json(doc, arrays)
+    except RunError as exc:
+        raise RunError(f"{folder / TRUST}: {exc}; `digitlab evaluate {folder}` fits it again") from None
+
+
+def write_trust(folder: str | Path, trust: TrustModel) -> None:
+    """trust.npz first (trust.json lists the arrays it needs, so a reader never finds the list without them)."""
+    import numpy as np
+
+    folder = Path(folder)
+    with atomic_path(folder / TRUST_ARRAYS) as tmp, tmp.open("wb") as f:
+        np.savez(f, **trust.arrays())
+    write_json_atomic(folder / TRUST, trust.to_json())
+
+
+def np_load(path: Path):
+    import numpy as np
+    return np.load(path, allow_pickle=False)  # data only: an object array in the file is refused, never unpickled
 
 
 def write_metrics(folder: str | Path, metrics: Metrics) -> None:
@@ -344,7 +504,15 @@ def open_run(path: str | Path) -> Run:
         raise RunError(f"{path} is not a run directory (train one with `digitlab train`)")
     if not (path / MODEL_FILE).exists():
         raise RunError(f"{path} has no {MODEL_FILE}: the run has not completed an epoch yet")
-    return Run(path)
+    run = Run(path)
+    if (path / CONFIG).exists() and (path / STATE).exists() and not run.is_ensemble \
+            and run.state.epochs_completed == 0 and run.state.status != "completed":
+        # A run saves model.keras only after its first epoch, so this one was left by an earlier run in the folder.
+        raise RunError(f"{path / MODEL_FILE} is not this run's model: {STATE} records no completed epoch, so the "
+                       f"file was left by another run that used the folder (or this run was killed while saving "
+                       f"its first epoch). Continue the run with `digitlab train --resume {path}`, or train it "
+                       f"again with --overwrite")
+    return run
 
 
 def new_run_dir(root: str | Path, name: str, seed: int | None = None) -> Path:
@@ -359,6 +527,166 @@ def new_run_dir(root: str | Path, name: str, seed: int | None = None) -> Path:
         except FileExistsError:  # two runs started in the same second
             n += 1
             path = Path(root) / f"{base}-{n}"
+
+
+# ---------------------------------------------------------------- owning a run folder
+
+_HELD: dict[str, list] = {}  # the run folders this process has locked: real path -> [lock fd, nesting depth]
+
+
+@contextlib.contextmanager
+def lock_run(path: str | Path) -> Iterator[Path]:
+    """Hold the folder `path` (created if missing) exclusively for the block, against other processes.
+
+    The lock is an flock on LOCK_FILE in the folder: the kernel drops it when the process dies, so
+    a `kill -9` leaves no stale lock. Another process gets a RunError naming the holder's PID. The
+    same process may nest locks on one folder (the CLI holds a run across training and evaluation).
+    Folders this call created are removed again if they are left empty (a run refused at once).
+    """
+    path = Path(path)
+    created = [p for p in (path, *path.parents) if not p.exists()]
+    path.mkdir(parents=True, exist_ok=True)
+    key = os.path.realpath(path)
+    if key in _HELD:
+        _HELD[key][1] += 1
+        try:
+            yield path
+        finally:
+            _HELD[key][1] -= 1
+        return
+    fd = _acquire(path / LOCK_FILE)
+    _HELD[key] = [fd, 1]
+    try:
+        yield path
+    finally:
+        del _HELD[key]
+        # Unlinked while still held: a process that opened the file before sees it gone and retries (_acquire).
+        with contextlib.suppress(OSError):
+            (path / LOCK_FILE).unlink()
+        os.close(fd)
+        for folder in created:  # innermost first; stops at the first that is not empty
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
+
+def _acquire(lock: Path) -> int:
+    import fcntl  # here: POSIX only, and only processes that write runs need it
+
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise RunError(f"{lock.parent} is in use by another digitlab process (PID {holder}): wait for it to "
+                           "finish or stop it, or choose another folder") from None
+        try:
+            current = os.stat(lock)
+        except FileNotFoundError:
+            current = None
+        if current is not None and os.path.samestat(os.fstat(fd), current):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            return fd
+        os.close(fd)  # the holder we waited for removed the file as it let go: lock the new one
+
+
+def folder_contents(path: str | Path) -> list[Path]:
+    """What a folder holds besides digitlab's lock file (an empty list for a missing folder)."""
+    path = Path(path)
+    if not path.is_dir():
+        return []
+    return sorted(p for p in path.iterdir() if p.name != LOCK_FILE)
+
+
+def claim_folder(path: str | Path, overwrite: bool = False) -> None:
+    """Make the folder `path` ready for a new run: an empty or missing folder is fine; any other is a
+    RunError unless `overwrite`, which removes the digitlab run (or --seeds group) in it and nothing else.
+
+    Call it while holding lock_run(path). A file with a digitlab name that digitlab did not write
+    (the folder is no run of ours) is never replaced: that is a RunError even with `overwrite`.
+    """
+    path = Path(path)
+    contents = folder_contents(path)
+    if not contents:
+        return
+    if not overwrite:
+        raise RunError(f"{path} is not empty ({_describe(path, contents)}); choose a new --out, or pass "
+                       "--overwrite to replace the digitlab run in it (files digitlab did not write are kept)")
+    _remove_digitlab_files(path)
+    clashes = [n for n in (*RUN_FILES, SEEDS_FILE) if (path / n).exists()]
+    if clashes:
+        raise RunError(f"{path / clashes[0]} was not written by digitlab (the folder holds no digitlab run), and "
+                       "--overwrite never replaces other files: move it away, or choose another --out")
+    fsync_dir(path)
+
+
+def _describe(path: Path, contents: list[Path]) -> str:
+    if is_seed_group(path):
+        return f"a --seeds group, {SEEDS_FILE}"
+    if _is_digitlab_run(path):
+        run = Run(path)
+        try:
+            status = run.state.status
+        except RunError:
+            status = "damaged"
+        hint = f"; to continue it: digitlab train --resume {path}" if status in ("running", "interrupted") else ""
+        return f"a {run.config.model} run, {status}{hint}"
+    names = ", ".join(p.name for p in contents[:3])
+    return f"{len(contents)} entries: {names}{', ...' if len(contents) > 3 else ''}"
+
+
+def _is_digitlab_run(path: Path) -> bool:
+    try:
+        return Run(path).config is not None
+    except RunError:
+        return False
+
+
+def _remove_digitlab_files(path: Path) -> None:
+    """Remove the files of the digitlab run or --seeds group in `path`, model first, config last."""
+    if is_seed_group(path):
+        try:
+            members = seed_group_members(path)
+        except RunError:  # a damaged seeds.json: its members are unknown, so they are left alone
+            members = []
+        for member in members:
+            if member.is_dir() and _is_digitlab_run(member):
+                _remove_digitlab_files(member)
+                with contextlib.suppress(OSError):
+                    member.rmdir()  # kept when it holds files of the user's
+        (path / SEEDS_FILE).unlink(missing_ok=True)
+        remove_temporaries(path, [SEEDS_FILE])
+    elif _is_digitlab_run(path):
+        for name in RUN_FILES:
+            (path / name).unlink(missing_ok=True)
+        remove_temporaries(path, RUN_FILES)
+
+
+def check_resumable(run: Run) -> None:
+    """RunError, saying what to do instead, when `run` has nothing to resume (Keras-free: the CLI asks first)."""
+    if run.is_ensemble:
+        raise RunError(f"{run.path} is an ensemble; there is nothing to resume")
+    state = run.state
+    if state.status == "completed" and run.metrics is None:
+        raise RunError(f"{run.path} completed its {state.epochs_completed} epochs but was not evaluated (stopped "
+                       f"during the evaluation?): evaluate it with `digitlab evaluate {run.path}`")
+    if state.status == "completed":
+        raise RunError(f"{run.path} already completed {state.epochs_completed} epochs; nothing to resume "
+                       "(to train longer, start a new run with more --epochs)")
+    if state.status == "failed":
+        raise RunError(f"{run.path} failed ({state.error}); resuming would repeat it: start a new run with "
+                       "other settings")
+
+
+def remove_run_temporaries(path: str | Path) -> list[Path]:
+    """Delete what writers killed mid-write left in the run folder (a .model.keras.*.keras can be 20 MB).
+
+    Call it while holding lock_run(path): nobody else can be writing then."""
+    return remove_temporaries(path, (*RUN_FILES, SEEDS_FILE))
 
 
 # ---------------------------------------------------------------- --seeds groups

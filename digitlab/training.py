@@ -12,7 +12,11 @@ The epoch loop is ours (one `fit` call per epoch) so that we control what Keras'
     each atomically and in that order. model.keras is the truth: its optimiser step counter says how
     many epochs it holds, and a resume trims history.csv to match, wherever a kill landed;
   - early stopping and the best epoch are recomputed from history.csv, so they survive a resume;
-  - Ctrl-C leaves the run marked "interrupted" with the last completed epoch on disk.
+  - Ctrl-C leaves the run marked "interrupted" with the last completed epoch on disk;
+  - a loss that turns NaN or infinite stops training at that batch with a TrainingError, and the run is
+    marked "failed" (the model on disk stays the last finite epoch's);
+  - the process holds the run folder's lock (runs.lock_run) while it writes there, and a new run
+    refuses a folder that holds anything unless told to overwrite (runs.claim_folder).
 Importing this module imports Keras: the CLI chooses the backend first (digitlab.backend).
 """
 from __future__ import annotations
@@ -21,6 +25,7 @@ import datetime as dt
 import math
 import shutil
 import time
+import zipfile
 from pathlib import Path
 
 import keras
@@ -32,10 +37,25 @@ from digitlab.augmentation import augment_from, augment_images
 from digitlab.config import TrainConfig, validate
 from digitlab.data import NUM_CLASSES
 from digitlab.environment import environment_info
-from digitlab.errors import RunError
+from digitlab.errors import ConfigError, RunError, TrainingError
 from digitlab.models import create_model
+from digitlab.predictor import unloadable_message
 from digitlab.registry import check_params
-from digitlab.runs import DATA, MODEL_FILE, DataInfo, EpochRecord, Run, RunState, new_run_dir, read_history
+from digitlab.runs import (
+    DATA,
+    MODEL_FILE,
+    STATE,
+    DataInfo,
+    EpochRecord,
+    Run,
+    RunState,
+    check_resumable,
+    claim_folder,
+    lock_run,
+    new_run_dir,
+    read_history,
+    remove_run_temporaries,
+)
 from digitlab.schedules import make_learning_rate
 from digitlab.scoring import stop_decision
 
@@ -95,17 +115,21 @@ def build_compiled_model(cfg: TrainConfig, steps: int = 1):
 
 def train(cfg: TrainConfig, runs_root: str | Path = "runs", run_dir: str | Path | None = None,
           data_dir=None, dataset: data_mod.Dataset | None = None, verbose: int = 1,
-          callbacks: list | None = None) -> Run:
+          callbacks: list | None = None, overwrite: bool = False) -> Run:
     """Train `cfg` into a new run directory and return its Run (not yet evaluated: see evaluate_run).
 
-    KeyboardInterrupt is recorded in state.json, then re-raised. `callbacks` are extra Keras callbacks
-    passed to every epoch's fit (tests use one to simulate an interruption).
+    `run_dir` must be empty or missing; with `overwrite`, a digitlab run in it is replaced (other
+    files are kept). KeyboardInterrupt is recorded in state.json, then re-raised; a non-finite loss
+    marks the run failed and raises TrainingError. `callbacks` are extra Keras callbacks passed to
+    every epoch's fit (tests use one to simulate an interruption).
     """
     check(cfg)
-    path = Path(run_dir) if run_dir else new_run_dir(runs_root, cfg.model, cfg.seed)
-    path.mkdir(parents=True, exist_ok=True)
     ds = dataset or data_mod.load_dataset(cfg.dataset, data_dir=data_dir)
-    return _run_training(cfg, Run(path), ds, verbose, callbacks, resuming=False)
+    split = data_mod.prepare_split(cfg, ds)  # a bad --val or --train-size fails here, before any folder exists
+    path = Path(run_dir) if run_dir else new_run_dir(runs_root, cfg.model, cfg.seed)
+    with lock_run(path):
+        claim_folder(path, overwrite)
+        return _run_training(cfg, Run(path), ds, split, verbose, callbacks, resuming=False)
 
 
 def resume(run_dir: str | Path, data_dir=None, dataset: data_mod.Dataset | None = None, verbose: int = 1,
@@ -113,40 +137,53 @@ def resume(run_dir: str | Path, data_dir=None, dataset: data_mod.Dataset | None 
     """Continue an interrupted run from its last completed epoch, with the config saved in it."""
     run = Run(run_dir)
     cfg = run.config  # RunError if there is none
-    if not isinstance(cfg, TrainConfig):
-        raise RunError(f"{run.path} is an ensemble; there is nothing to resume")
-    if run.state.status == "completed":
-        raise RunError(f"{run.path} already completed {run.state.epochs_completed} epochs; nothing to resume "
-                       "(to train longer, start a new run with more --epochs)")
-    if not (run.path / DATA).exists():  # killed before its first files were written: start it again
-        return train(cfg, run_dir=run.path, data_dir=data_dir, dataset=dataset, verbose=verbose, callbacks=callbacks)
-    check(cfg)
-    ds = dataset or data_mod.load_dataset(cfg.dataset, data_dir=data_dir)
-    return _run_training(cfg, run, ds, verbose, callbacks, resuming=run.model_path.exists())
+    with lock_run(run.path):
+        remove_run_temporaries(run.path)  # what a kill during a save left behind
+        check_resumable(run)
+        check(cfg)
+        ds = dataset or data_mod.load_dataset(cfg.dataset, data_dir=data_dir)
+        split = data_mod.prepare_split(cfg, ds)
+        # Killed before its first files were written: start it again, in its own folder.
+        resuming = (run.path / DATA).exists() and run.model_path.exists()
+        return _run_training(cfg, run, ds, split, verbose, callbacks, resuming=resuming)
 
 
 def check(cfg: TrainConfig) -> None:
     """Fail on a bad config before any data is loaded or any Keras work is done."""
     validate(cfg)
+    _check_finite(cfg.model_params, "model parameter")
     check_params(cfg.model, cfg.model_params)
 
 
-def _run_training(cfg: TrainConfig, run: Run, ds: data_mod.Dataset, verbose: int, callbacks,
-                  resuming: bool) -> Run:
+def _check_finite(value, name: str) -> None:
+    """NaN and infinity pass every range check a builder makes, and json would write them as invalid NaN."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_finite(item, f"{name} {key}")
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _check_finite(item, name)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, got {value}")
+
+
+def _run_training(cfg: TrainConfig, run: Run, ds: data_mod.Dataset, split: data_mod.Split, verbose: int,
+                  callbacks, resuming: bool) -> Run:
+    """Train in run.path; the caller holds the folder's lock."""
     keras.utils.set_random_seed(cfg.seed)
-    split = data_mod.prepare_split(cfg, ds)
     steps = steps_per_epoch(len(split.y_train), cfg.batch_size)
     keep_best = bool(cfg.early_stopping or cfg.save_best)  # validate() made sure the monitor will exist
 
-    model = build_compiled_model(cfg, steps)
-    if resuming:
-        history, state = _restore(model, run, steps)
-    else:
+    if not resuming:  # config.json first, so that a run killed from here on can be resumed
         run.write_config(cfg)
         run.write_data(DataInfo(**ds.provenance, class_names=list(ds.class_names), train_images=len(split.y_train),
                                 val_images=len(split.y_val), val_is_test=split.val_is_test,
                                 test_images=len(ds.y_test)))
         run.write_environment(environment_info(cfg.seed))
+    model = build_compiled_model(cfg, steps)
+    if resuming:
+        history, state = _restore(model, run, steps)
+    else:
         history, state = [], RunState(status="running", epochs_completed=0)
     state.status = "running"
     run.write_state(state)
@@ -172,6 +209,10 @@ def _run_training(cfg: TrainConfig, run: Run, ds: data_mod.Dataset, verbose: int
         state.status = "interrupted"
         run.write_state(state)
         raise
+    except TrainingError as exc:
+        state.status, state.error = "failed", str(exc)
+        run.write_state(state)
+        raise
     if stop.stop and len(history) < cfg.epochs:
         state.stopped_early_at_epoch = len(history)
     if keep_best and cfg.restore_best and run.best_model_path.exists() and stop.best_epoch != len(history):
@@ -186,12 +227,24 @@ def _run_training(cfg: TrainConfig, run: Run, ds: data_mod.Dataset, verbose: int
 def _restore(model, run: Run, steps: int) -> tuple[list[EpochRecord], RunState]:
     """Load model.keras (weights and optimiser state) into `model`; trim the history to the epochs it holds."""
     model.optimizer.build(model.trainable_variables)
-    model.load_weights(run.model_path)
+    try:
+        model.load_weights(run.model_path)
+    except Exception as exc:  # noqa: BLE001 - Keras reports a mismatch as a ValueError listing weight arrays
+        if not zipfile.is_zipfile(run.model_path):
+            raise RunError(unloadable_message(run.model_path, exc)) from None
+        raise RunError(f"{run.model_path} does not fit this run's {run.config.model} model ({type(exc).__name__}: "
+                       f"{str(exc).splitlines()[0][:160]}): the folder holds another run's model. Train this run "
+                       "again with --overwrite, or into a new --out") from None
     iterations = int(np.asarray(model.optimizer.iterations))
     if iterations % steps:
         raise RunError(f"{run.model_path} stopped mid-epoch ({iterations} steps, {steps} per epoch): "
                        "was the config changed after training? Train a new run instead")
     done = iterations // steps
+    recorded = run.state.epochs_completed or 0
+    # state.json is written after every save, so it lags by one epoch at most (runs too old to have one: unchecked)
+    if (run.path / STATE).exists() and done > recorded + 1:
+        raise RunError(f"{run.model_path} holds {done} epochs but {run.path.name}/state.json records {recorded}: "
+                       "the model is another run's. Train this run again with --overwrite, or into a new --out")
     history = read_history(run.path / "history.csv")
     if len(history) < done:
         raise RunError(f"{run.path}/history.csv has {len(history)} epochs but {MODEL_FILE} holds {done}; "
@@ -221,15 +274,46 @@ def run_epoch(model, split: data_mod.Split, validation, cfg: TrainConfig, epoch:
     else:
         x = data_mod.scale(split.x_train[order])
     reset_layer_seeds(model, cfg.seed, epoch)
-    cbs = ([_progress_bar(cfg.epochs)] if verbose else []) + list(callbacks or [])
+    guard = StopOnNonFiniteLoss()
+    cbs = ([_progress_bar(cfg.epochs)] if verbose else []) + [guard] + list(callbacks or [])
     result = model.fit(x, targets(split.y_train[order], cfg), batch_size=cfg.batch_size,
                        epochs=epoch + 1, initial_epoch=epoch, shuffle=False, validation_data=validation,
-                       verbose=1 if verbose else 0, callbacks=cbs or None)
+                       verbose=1 if verbose else 0, callbacks=cbs)
     seconds = time.perf_counter() - start
     logs = {k: float(v[-1]) for k, v in result.history.items()}
+    lr = current_learning_rate(model)
+    where = f"at batch {guard.batch + 1} of epoch {epoch + 1}" if guard.batch is not None else f"in epoch {epoch + 1}"
+    for name, what in (("loss", "the loss"), ("val_loss", "the validation loss")):
+        value = guard.loss if name == "loss" and guard.batch is not None else logs.get(name)
+        if value is not None and not math.isfinite(value):
+            raise TrainingError(_diverged(f"{what} became {value} {where}", lr))
+    # A ReLU can hide NaN weights from the loss (it maps NaN to 0): the model is checked before it is saved.
+    broken = next((v.path for v in model.weights if not np.isfinite(keras.ops.convert_to_numpy(v)).all()), None)
+    if broken:
+        raise TrainingError(_diverged(f"the weights {broken} became non-finite in epoch {epoch + 1}", lr))
     return EpochRecord(epoch=epoch + 1, loss=logs.get("loss"), accuracy=logs.get("accuracy"),
                        val_loss=logs.get("val_loss"), val_accuracy=logs.get("val_accuracy"),
-                       lr=current_learning_rate(model), seconds=round(seconds, 3))
+                       lr=lr, seconds=round(seconds, 3))
+
+
+def _diverged(what: str, lr: float) -> str:
+    return (f"training diverged: {what} (learning rate {lr:g}); the run is marked failed. Train a new run with a "
+            "lower --lr (or without the setting that made it diverge)")
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Keras' TerminateOnNaN without its print: end the epoch at the first batch whose loss is not finite."""
+
+    def __init__(self):
+        super().__init__()
+        self.batch: int | None = None  # the batch (0-based, in the epoch) where the loss went non-finite
+        self.loss: float | None = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if self.batch is None and loss is not None and not math.isfinite(float(loss)):
+            self.batch, self.loss = batch, float(loss)
+            self.model.stop_training = True
 
 
 def reset_layer_seeds(model, seed: int, epoch: int) -> None:

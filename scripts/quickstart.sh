@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/digitlab train --model seed-ann --out runs/quickstart-seed-ann "$@"
+# --overwrite: running the quickstart again replaces its own earlier run (only files digitlab wrote)
+.venv/bin/digitlab train --model seed-ann --out runs/quickstart-seed-ann --overwrite "$@"

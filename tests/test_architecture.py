@@ -110,22 +110,24 @@ def test_a_run_written_before_schema_versions_still_opens(trained_run, tmp_path)
 
 @pytest.fixture
 def spy(monkeypatch):
-    """Counts the images that go through Predictor.predict_proba, whoever calls it."""
+    """Counts the images that go through Predictor.outputs, the one forward pass (predict_proba and judge, the
+    probabilities and the verdicts, both go through it), whoever calls it."""
     seen = []
-    real = Predictor.predict_proba
+    real = Predictor.outputs
 
-    def counting(self, x):
+    def counting(self, x, features=True):
         seen.append(len(x))
-        return real(self, x)
+        return real(self, x, features)
 
-    monkeypatch.setattr(Predictor, "predict_proba", counting)
+    monkeypatch.setattr(Predictor, "outputs", counting)
     return seen
 
 
 def test_evaluate_scores_through_the_predictor(trained_run, tmp_path, mnist, spy):
     from digitlab.evaluation import evaluate_run
     metrics = evaluate_run(open_run(_copy_run(trained_run, tmp_path)), dataset=mnist, with_diagnostics=False)
-    assert sum(spy) == 10_000 and metrics.test_accuracy == trained_run.metrics.test_accuracy
+    assert spy[0] == 10_000 and metrics.test_accuracy == trained_run.metrics.test_accuracy
+    assert sum(spy) > 10_000  # then the trust model's fitting and its out-of-distribution sets, through it too
 
 
 def test_predict_reads_through_the_predictor(trained_run, tmp_path, spy, capsys):
@@ -156,4 +158,4 @@ def test_compare_scores_through_the_predictor(tmp_path, mnist, spy):
     from digitlab import comparison as cmp
     cfg = cmp.CompareConfig(models=("logreg",), train_size=500, test_size=200)
     cmp.run_comparison(cfg, tmp_path / "cmp", dataset=mnist)
-    assert sum(spy) == 200
+    assert spy == [200, cmp.CALIBRATION_IMAGES]  # the test images, then the held-out images it is calibrated on

@@ -1,18 +1,24 @@
 """digitlab compare: every model on a small real-MNIST subset, the leaderboard files, re-use of saved
-models (and refusal of tampered ones), the confidence interval, and bad arguments failing early."""
+models (and refusal of tampered ones, and of folders this machine did not write), the confidence
+interval, and bad arguments failing early."""
 from __future__ import annotations
 
 import csv
 import dataclasses
 import json
 import math
+import os
+import pickle
 import shutil
+import stat
 
 import numpy as np
 import pytest
 
 from digitlab import classic
 from digitlab import comparison as cmp
+from digitlab.comparison import manifest as manifest_mod
+from digitlab.comparison import signing
 from digitlab.data import prepare_split
 from digitlab.runs import read_metrics
 
@@ -41,8 +47,17 @@ class Events:
         return [info["model"] for event, info in self.events if event == "stage" and info["stage"] == stage]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def state_dir(tmp_path_factory):
+    """This machine's signing key lives here for these tests, never in the user's own state folder."""
+    path = tmp_path_factory.mktemp("state")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DIGITLAB_STATE_DIR", str(path))
+        yield path
+
+
 @pytest.fixture(scope="module")
-def small(tmp_path_factory, mnist):
+def small(tmp_path_factory, mnist, state_dir):
     out = tmp_path_factory.mktemp("compare")
     events = Events()
     board = cmp.run_comparison(SMALL, out, dataset=mnist, progress=events)
@@ -251,3 +266,151 @@ def test_cli_small_run_prints_the_leaderboard(tmp_path, capsys):
     assert rc == 0
     assert "[1/2] logreg" in out and "| 1 |" in out and "leaderboard.html" in out
     assert (tmp_path / "leaderboard.md").is_file()
+
+
+# ---------------------------------------------------------------- folders this machine did not write
+
+class MarkerPickle:
+    """Unpickling this makes a folder at `marker`: the probe's proof that a saved model's code ran."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+TINY = cmp.CompareConfig(models=("logreg",), train_size=300, test_size=100)
+
+
+def plant_foreign_model(folder, marker, mnist, how, monkeypatch, tmp_path):
+    """A logreg folder as the probe made it: a pickle that runs code, and a manifest with its true SHA-256
+    and the fit key this comparison will look for, so only the signature stands between it and joblib."""
+    folder.mkdir(parents=True)
+    (folder / classic.JOBLIB_FILE).write_bytes(pickle.dumps(MarkerPickle(marker)))
+    sha = classic.sha256_file(folder / classic.JOBLIB_FILE)
+    plan, = cmp.plan_comparison(TINY, folder.parent, mnist)
+    claim = cmp.Manifest("logreg", "classic", classic.JOBLIB_FILE, sha, 1.0, plan.fit_key)
+    if how == "unsigned":  # hand-made, or from a digitlab before manifests were signed
+        (folder / cmp.MANIFEST).write_text(json.dumps(dataclasses.asdict(claim)))
+    elif how == "signed-elsewhere":  # copied from another machine (another key) with its manifest
+        with monkeypatch.context() as mp:
+            mp.setenv("DIGITLAB_STATE_DIR", str(tmp_path / "other-machine"))
+            manifest_mod.write_manifest(folder, claim)
+    else:  # "edited": a manifest this machine signed, its hash then changed to the planted file's
+        manifest_mod.write_manifest(folder, dataclasses.replace(claim, model_sha256="0" * 64))
+        fields = json.loads((folder / cmp.MANIFEST).read_text())
+        (folder / cmp.MANIFEST).write_text(json.dumps({**fields, "model_sha256": sha}))
+    return sha
+
+
+def test_the_planted_pickle_is_a_live_probe(tmp_path):
+    # Control for the tests below: loaded the way a saved model is, the planted file does run its code.
+    import joblib
+    marker = tmp_path / "ran"
+    path = tmp_path / classic.JOBLIB_FILE
+    path.write_bytes(pickle.dumps(MarkerPickle(marker)))
+    joblib.load(path)
+    assert marker.is_dir()
+
+
+@pytest.mark.parametrize("how", ["unsigned", "edited"])  # "signed-elsewhere": through the CLI, below
+def test_foreign_folder_is_retrained_never_unpickled(tmp_path, mnist, monkeypatch, how):
+    out, marker = tmp_path / "out", tmp_path / "code-ran"
+    planted = plant_foreign_model(out / "logreg", marker, mnist, how, monkeypatch, tmp_path)
+    events = Events()
+    board = cmp.run_comparison(TINY, out, dataset=mnist, progress=events)
+    assert not marker.exists()
+    assert events.stages("load") == [] and events.stages("train") == ["logreg"]
+    plan, = next(info["plans"] for event, info in events.events if event == "plan")
+    assert plan.foreign and not plan.reuse
+    assert board.rows[0].reused is False and board.rows[0].test_accuracy > 0.6
+    # The planted file is gone, replaced by a model this machine trained and signed (so the next run
+    # re-uses it: test_trust_folder_loads_a_copied_folder_and_adopts_it runs that case).
+    saved = cmp.read_manifest(out / "logreg")
+    assert cmp.signed_here(saved) and saved.model_sha256 != planted
+    assert classic.sha256_file(out / "logreg" / classic.JOBLIB_FILE) == saved.model_sha256
+
+
+def test_cli_says_why_a_foreign_model_is_retrained(tmp_path, mnist, monkeypatch, capsys):
+    from digitlab.cli import main
+    out, marker = tmp_path / "out", tmp_path / "code-ran"
+    planted = plant_foreign_model(out / "logreg", marker, mnist, "signed-elsewhere", monkeypatch, tmp_path)
+    assert main(["compare", "--models", "logreg", "--train-size", "300", "--test-size", "100",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "not re-using saved models this machine did not write: logreg" in printed
+    assert "--trust-folder" in printed and "logreg: training on 300 images" in printed
+    assert not marker.exists()
+    assert classic.sha256_file(out / "logreg" / classic.JOBLIB_FILE) != planted
+
+
+def test_trust_folder_loads_a_copied_folder_and_adopts_it(tmp_path, mnist, monkeypatch):
+    out = tmp_path / "out"
+    with monkeypatch.context() as mp:  # trained on "another machine" of the user's, with its own key
+        mp.setenv("DIGITLAB_STATE_DIR", str(tmp_path / "other-machine"))
+        first = cmp.run_comparison(TINY, out, dataset=mnist)
+    events = Events()
+    cmp.run_comparison(dataclasses.replace(TINY, trust_folder=True), out, dataset=mnist, progress=events)
+    plan, = next(info["plans"] for event, info in events.events if event == "plan")
+    assert plan.reuse and plan.adopt and not plan.foreign
+    assert events.stages("load") == ["logreg"] and events.stages("train") == []
+    # Vouched for once, it is this machine's now: re-used without the flag, same model, same score.
+    assert cmp.signed_here(cmp.read_manifest(out / "logreg"))
+    events = Events()
+    again = cmp.run_comparison(TINY, out, dataset=mnist, progress=events)
+    assert events.stages("load") == ["logreg"]
+    assert again.rows[0].test_accuracy == first.rows[0].test_accuracy
+
+
+def test_trust_folder_still_refuses_a_changed_model(tmp_path, mnist, monkeypatch):
+    out, marker = tmp_path / "out", tmp_path / "code-ran"
+    plant_foreign_model(out / "logreg", marker, mnist, "unsigned", monkeypatch, tmp_path)
+    with open(out / "logreg" / classic.JOBLIB_FILE, "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(classic.ModelIntegrityError, match="--retrain"):
+        cmp.run_comparison(dataclasses.replace(TINY, trust_folder=True), out, dataset=mnist)
+    assert not marker.exists()
+
+
+def test_signing_key_is_private_and_outside_the_results(tmp_path, monkeypatch):
+    monkeypatch.setenv("DIGITLAB_STATE_DIR", str(tmp_path / "state"))
+    old_umask = os.umask(0o022)
+    try:
+        assert signing.verify(b"payload", "hmac-sha256:" + "0" * 64) is False  # no key yet: nothing signed here
+        assert not signing.key_path().exists()  # checking never creates it
+        signature = signing.sign(b"payload")
+    finally:
+        os.umask(old_umask)
+    key = tmp_path / "state" / signing.KEY_FILE
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600 and key.stat().st_size == signing.KEY_BYTES
+    assert signing.verify(b"payload", signature) and not signing.verify(b"payload!", signature)
+    assert signing.sign(b"payload") == signature  # the same key on every later use
+    key.chmod(0o644)  # readable by others: anyone could sign a pickle for us to load
+    with pytest.raises(signing.SigningKeyError, match="chmod 600"):
+        signing.verify(b"payload", signature)
+
+
+def test_unwritable_state_folder_fails_before_anything_trains(tmp_path, monkeypatch, capsys):
+    from digitlab.cli import main
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("DIGITLAB_STATE_DIR", str(blocker / "state"))
+    assert main(["compare", "--models", "logreg", "--out", str(tmp_path / "out")]) == 2
+    assert "DIGITLAB_STATE_DIR" in capsys.readouterr().err
+
+
+def test_xgboost_models_load_without_unpickling(tmp_path, monkeypatch):
+    import joblib
+    model = classic.build_classic("xgboost", overrides={"n_estimators": 2})
+    classic.fit_classic(model, np.tile(np.eye(10, 784), (3, 1)), np.tile(np.arange(10), 3))
+    path, sha = classic.save_classic(model, tmp_path)
+    assert path.name == classic.XGBOOST_FILE
+
+    def no_pickles(*args, **kwargs):
+        raise AssertionError("joblib.load called for an XGBoost model")
+
+    monkeypatch.setattr(joblib, "load", no_pickles)
+    loaded = classic.load_classic(path, sha)
+    np.testing.assert_allclose(classic.predict_proba(loaded, np.eye(10, 784)),
+                               classic.predict_proba(model, np.eye(10, 784)), rtol=1e-6)

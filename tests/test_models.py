@@ -27,12 +27,14 @@ def test_every_model_builds_outputs_probabilities_and_learns(name):
     assert np.all(proba >= 0)
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-5)
 
+    # Learning: ten SGD steps on one batch fit it. The training-mode loss (dropout on, batch statistics)
+    # falls, and so does the inference-mode loss (BatchNormalization's moving statistics lag, so less).
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy")
-    before = [np.array(w) for w in model.trainable_weights]
-    model.train_on_batch(x, y)
-    after = [np.array(w) for w in model.trainable_weights]
-    assert all(not np.isnan(w).any() for w in after)
-    assert any(not np.allclose(b, a) for b, a in zip(before, after)), "a training step left every weight unchanged"
+    start = float(model.evaluate(x, y, verbose=0))
+    losses = [float(np.asarray(model.train_on_batch(x, y))) for _ in range(10)]
+    assert all(not np.isnan(np.asarray(w)).any() for w in model.trainable_weights)
+    assert np.mean(losses[-3:]) < losses[0], f"training loss did not fall: {losses}"
+    assert float(model.evaluate(x, y, verbose=0)) < start, "the loss on the batch it trained on did not fall"
 
 
 @pytest.mark.parametrize("name", model_names())
@@ -106,8 +108,10 @@ def test_mlp_batchnorm_puts_the_activation_after_the_normalisation():
     assert not model.layers[1].use_bias  # BN's shift does the bias's job
 
 
-def test_mlp_l2_penalty_is_added_to_the_loss():
+def test_mlp_l2_penalty_is_added_to_the_loss(tmp_path):
     import keras
+
+    from digitlab.predictor import load_keras_model
     x, y = _batch(8)
     plain = create_model("mlp", hidden=[16], dropout=0.0)
     penalised = create_model("mlp", hidden=[16], dropout=0.0, l2=0.01)
@@ -118,7 +122,16 @@ def test_mlp_l2_penalty_is_added_to_the_loss():
     expected_penalty = 0.01 * sum(float(np.sum(k ** 2)) for k in kernels)  # the tutorial's regularizers.l2(0.01)
     gap = float(penalised.evaluate(x, y, verbose=0)) - float(plain.evaluate(x, y, verbose=0))
     assert gap == pytest.approx(expected_penalty, rel=1e-3)
-    assert keras.regularizers.L1L2  # the penalty is Keras' own, stored in the model file
+    # The penalty is Keras' own L1L2 on every Dense kernel, stored in the model file: a loaded model adds it too.
+    penalised.save(tmp_path / "m.keras")
+    again = load_keras_model(tmp_path / "m.keras")
+    dense = [layer for layer in again.layers if isinstance(layer, keras.layers.Dense)]
+    assert len(dense) == 2
+    for layer in dense:
+        reg = layer.kernel_regularizer
+        assert isinstance(reg, keras.regularizers.L1L2) and (reg.l1, reg.l2) == pytest.approx((0.0, 0.01))
+    again.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    assert float(again.evaluate(x, y, verbose=0)) == pytest.approx(float(penalised.evaluate(x, y, verbose=0)), rel=1e-6)
 
 
 def test_mlp_max_norm_caps_each_units_incoming_weights():

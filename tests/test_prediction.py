@@ -67,7 +67,7 @@ def inputs(tmp_path, mnist):
 def test_collect_inputs_expands_folders_and_keeps_explicit_files(inputs, tmp_path):
     got = collect_inputs([inputs, inputs / "notes.txt", tmp_path / "missing.png"])
     assert [p.name for p in got] == ["a_seven.png", "b_two.png", "c_three.npy", "d_blank.png", "e_text.png",
-                                     "f_nan.npy", "notes.txt", "missing.png"]
+                                     "f_nan.npy", "sub", "notes.txt", "missing.png"]  # a subfolder is reported, not skipped (issue 15, D7)
     assert collect_inputs([inputs / "sub"]) == [inputs / "sub"]  # an empty folder stays, to fail
 
 
@@ -76,25 +76,27 @@ def test_mixed_good_and_bad_files(inputs, tmp_path, model, mnist):
     results = predict_paths(model, [inputs, inputs / "notes.txt", tmp_path / "missing.png", inputs / "sub"])
     by = {(r.path.split("/")[-1], r.index): r for r in results}
     good = [r for r in results if r.ok]
-    assert len(good) == 5 and model.batches == [5]  # 2 images + 3 digits of the .npy, one call
+    assert len(good) == 6 and model.batches == [5]  # 2 images + 3 digits of the .npy, one call; the blank: none
     assert [by["c_three.npy", i].ok for i in range(3)] == [True] * 3
+    # A blank image is a verdict, not an error (issue 11): no model runs, no probabilities, no digit.
+    blank = by["d_blank.png", None]
+    assert blank.ok and blank.verdict.kind == "blank" and blank.digit is None and blank.top3 == []
 
     errors = {k[0]: r.error for k, r in by.items() if not r.ok}
-    assert "blank" in errors["d_blank.png"]
     assert "not an image" in errors["e_text.png"]
     assert "NaN" in errors["f_nan.npy"]
     assert "not an image" in errors["notes.txt"]
     assert "no such file" in errors["missing.png"]
     assert "no images" in errors["sub"]
     for r in results:
-        assert (r.digit is None) == (r.error is not None)
+        assert (r.verdict is None) == (r.error is not None)
 
 
 def test_predictions_are_what_the_model_says_about_the_digit(inputs, model, mnist):
     results = predict_paths(model, [inputs / "a_seven.png", inputs / "b_two.png", inputs / "c_three.npy"])
     direct = model(mnist.x_test[:5].astype(np.float32) / 255)
     for r, p in zip(results, direct):
-        assert r.digit == int(np.argmax(p))
+        assert r.best == int(np.argmax(p)) and r.verdict.kind == "digit" and r.digit == r.best  # clear digits
         assert r.probability == pytest.approx(r.top3[0][1])
         assert [c for c, _ in r.top3] == list(np.argsort(-p)[:3])  # the images survive preprocessing
         assert r.top3[0][1] >= r.top3[1][1] >= r.top3[2][1]
@@ -132,9 +134,10 @@ def test_all_bad_means_no_model_call(tmp_path, model):
 def test_to_json_has_no_array(inputs, model):
     results = predict_paths(model, [inputs / "a_seven.png", inputs / "e_text.png"])
     items = json.loads(json.dumps([r.to_json() for r in results]))
-    assert set(items[0]) == {"path", "index", "digit", "probability", "top3", "error"}
-    assert items[0]["error"] is None and len(items[0]["top3"]) == 3
-    assert items[1]["digit"] is None and items[1]["error"]
+    assert set(items[0]) == {"path", "index", "verdict", "digit", "best", "runner_up", "probability", "top3",
+                             "ood_score", "explanation", "error"}
+    assert items[0]["error"] is None and len(items[0]["top3"]) == 3 and items[0]["verdict"] == "digit"
+    assert items[1]["digit"] is None and items[1]["verdict"] is None and items[1]["error"]
     assert isinstance(results[0], FilePrediction) and results[0].input28.shape == (28, 28)
 
 
@@ -183,7 +186,8 @@ def test_cli_errors_go_to_stderr_with_status_1(cli, inputs, capsys):
 def test_cli_json(cli, inputs, tmp_path, capsys):
     assert cli("runs/x", inputs, "--json", "--save-input", tmp_path / "seen") == 1
     items = json.loads(capsys.readouterr().out)
-    assert len(items) == 8 and sum(i["error"] is None for i in items) == 5
+    assert len(items) == 9 and sum(i["error"] is None for i in items) == 6  # the blank image: a verdict
+    assert [i["verdict"] for i in items if i["path"].endswith("d_blank.png")] == ["blank"]
     assert all(i["label"] == (str(i["digit"]) if i["digit"] is not None else None) for i in items)
     assert len(list((tmp_path / "seen").iterdir())) == 5
 
@@ -234,5 +238,5 @@ def test_real_run_reads_real_digits(trained_run, mnist, tmp_path):
     for i in range(30):
         (tmp_path / f"{i:02d}.png").write_bytes(as_photo_png(mnist.x_test[i]))
     results = predict_paths(Predictor.from_run(open_run(trained_run.path)), [tmp_path])
-    accuracy = np.mean([r.digit == y for r, y in zip(results, mnist.y_test[:30])])
+    accuracy = np.mean([r.best == y for r, y in zip(results, mnist.y_test[:30])])
     assert accuracy >= 0.9

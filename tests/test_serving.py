@@ -382,3 +382,128 @@ def test_load_generator_against_a_live_server(load_module, trained_run):
     assert flat_out.errors == 0 and len(flat_out.latencies_ms) > 20
     row = paced.row()
     assert row["requests"] == len(paced.latencies_ms) and 0 < row["p50 ms"] <= row["p99 ms"] and row["RSS MB after"] > 0
+
+
+# ---------------------------------------------------------------- numbers (issue 12) and verdicts (issue 11)
+
+def mnist_number(mnist, indices, gap=8) -> np.ndarray:
+    """MNIST test digits side by side, `gap` px apart, ink bright on black: a (28, w) uint8 picture."""
+    parts = []
+    for i in indices:
+        parts += [mnist.x_test[i], np.zeros((28, gap), np.uint8)]
+    return np.pad(np.concatenate(parts[:-1], axis=1), ((6, 6), (10, 10)))
+
+
+def confident_test_digits(mnist, predictor, digits) -> list[int]:
+    """For each digit wanted, the first test image of it that the model reads right with p > 0.95."""
+    proba = predictor.predict_proba(scale(mnist.x_test[:500]))
+    return [int(np.flatnonzero((mnist.y_test[:500] == d) & (proba.argmax(1) == d) & (proba.max(1) > 0.95))[0])
+            for d in digits]
+
+
+def test_number_mode_reads_digits_with_their_boxes(client, mnist, trained_predictor):
+    from digitlab.numbers import read_number
+    indices = confident_test_digits(mnist, trained_predictor, (4, 2, 7))
+    picture = mnist_number(mnist, indices)
+    r = client.post("/api/predict", params={"mode": "number"}, content=png_bytes(Image.fromarray(picture)),
+                    headers={"content-type": "image/png"})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/vnd.digitlab.number+json"  # as the document declares it
+    body = r.json()
+    assert body["text"] == "427" and body["mode"] == "number"
+    assert (body["width"], body["height"]) == (picture.shape[1], picture.shape[0])
+    # The library's own reading of the same picture: same digits, boxes and probabilities.
+    reading = read_number(pp.read_image_bytes(png_bytes(Image.fromarray(picture))), trained_predictor, "number")
+    assert [d["box"] for d in body["digits"]] == [d.box.to_json() for d in reading.digits]
+    for got, want in zip(body["digits"], reading.digits, strict=True):
+        np.testing.assert_allclose(got["probabilities"], want.probabilities, atol=1e-5)
+        assert got["verdict"] in ("digit", "unsure") and got["runner_up"] != got["digit"]
+    # Each box covers its own digit's columns (10 px margin, 28 px digits, 8 px gaps) and nothing of the next.
+    for k, d in enumerate(body["digits"]):
+        left = 10 + k * 36
+        assert left - 1 <= d["box"]["left"] and d["box"]["left"] + d["box"]["width"] <= left + 29, d["box"]
+    assert body["confidence"] == pytest.approx(np.prod([d["confidence"] for d in body["digits"]]), rel=1e-6)
+
+
+def test_digit_mode_is_the_default_and_carries_the_verdict(client, trained_predictor):
+    plain = client.post("/api/predict", content=drawn_one(), headers={"content-type": "image/png"}).json()
+    explicit = client.post("/api/predict", params={"mode": "digit"}, content=drawn_one(),
+                           headers={"content-type": "image/png"}).json()
+    assert plain["probabilities"] == explicit["probabilities"] and plain["digit"] == 1
+    v = plain["verdict"]
+    assert v["kind"] in ("digit", "unsure") and v["best"] == plain["digit"] and v["runner_up"] == plain["top3"][1]["digit"]
+    assert v["confidence"] == pytest.approx(plain["probabilities"][1])
+    assert (v["digit"], v["text"]) == ((1, "1") if v["kind"] == "digit" else (None, f"unsure: 1 or {v['runner_up']}?"))
+    # auto reads a lone digit as predict does, answered in the number shape
+    auto = client.post("/api/predict", params={"mode": "auto"}, content=drawn_one(),
+                       headers={"content-type": "image/png"}).json()
+    assert auto["mode"] == "digit" and auto["text"] == "1" and len(auto["digits"]) == 1
+    np.testing.assert_allclose(auto["digits"][0]["probabilities"], plain["probabilities"], atol=1e-5)
+
+
+def test_number_mode_bad_input_gets_a_clear_4xx(client, mnist):
+    def post(data: bytes, mode="number"):
+        return client.post("/api/predict", params={"mode": mode}, content=data, headers={"content-type": "image/png"})
+    blank = post(png_bytes(Image.new("L", (300, 100), 255)))
+    assert blank.status_code == 422 and blank.json()["error"] == "no_digit"
+    assert blank.json()["verdict"] == "blank"  # what `digitlab predict` calls it
+    for digit_mode in (post(png_bytes(Image.new("L", (280, 280), 255)), mode="digit"),
+                       client.post("/api/predict", json={"pixels": [[0] * 28] * 28})):
+        assert digit_mode.status_code == 422 and digit_mode.json()["verdict"] == "blank"
+    assert "verdict" not in post(b"not a png").json()  # only a blank picture is a verdict
+    bars = Image.new("L", (40 * 40, 60), 255)
+    for i in range(40):
+        ImageDraw.Draw(bars).line([(20 + 40 * i, 10), (20 + 40 * i, 50)], fill=0, width=5)
+    long = post(png_bytes(bars))
+    assert long.status_code == 422 and long.json()["error"] == "too_many_digits" and "32" in long.json()["detail"]
+    bad = post(drawn_one(), mode="roman")
+    assert bad.status_code == 422 and bad.json()["error"] == "invalid_request" and "number" in bad.json()["detail"]
+    broken = post(b"not a png")
+    assert broken.status_code == 422 and broken.json()["error"] == "not_an_image"
+    # JSON pixels are a picture like any other: an MNIST digit reads as itself
+    r = client.post("/api/predict", params={"mode": "number"}, json={"pixels": mnist.x_test[0].tolist()})
+    assert r.status_code == 200 and r.json()["text"] == str(mnist.y_test[0])
+    assert client.get("/api/health").status_code == 200
+
+
+@pytest.mark.parametrize(("proba", "thresholds", "expected"), [
+    ([0.1] * 10, (0.5, 0.5), {"kind": "not_a_digit", "digit": None, "text": "not a digit"}),
+    ([0.01] * 7 + [0.48, 0.01, 0.01], (0.6, float("inf")), {"kind": "unsure", "digit": None, "best": 7}),
+    ([0.01] * 7 + [0.91, 0.0, 0.0], (0.6, float("inf")), {"kind": "digit", "digit": 7, "text": "7"}),
+])
+def test_each_verdict_is_returned_by_the_api(trained_run, monkeypatch, proba, thresholds, expected):
+    from digitlab.trust import Thresholds, TrustModel
+    row = np.asarray(proba, np.float32)
+    row[1] += 1 - row.sum()  # the runner-up of the unsure case: "unsure: 7 or 1?"
+    trust = TrustModel(1.0, "msp", Thresholds(*thresholds))
+    stand_in = Predictor(lambda x: np.tile(row, (len(x), 1)), name="fixed", trust=trust)
+    monkeypatch.setattr(Predictor, "from_run", classmethod(lambda cls, run: stand_in))
+    with TestClient(create_app(trained_run.path, max_batch=2)) as c:
+        one = c.post("/api/predict", content=drawn_one(), headers={"content-type": "image/png"}).json()
+        number = c.post("/api/predict", params={"mode": "number"}, content=drawn_one(),
+                        headers={"content-type": "image/png"}).json()
+    assert {k: one["verdict"][k] for k in expected} == expected
+    if expected["kind"] == "unsure":
+        assert one["verdict"]["text"] == "unsure: 7 or 1?" and one["verdict"]["runner_up"] == 1
+    np.testing.assert_allclose(one["probabilities"], trust.calibrate(row[None])[0], atol=1e-6)  # kept in every case
+    assert [d["verdict"] for d in number["digits"]] == [expected["kind"]]
+    assert number["unsure_positions"] == ([] if expected["kind"] == "digit" else [0])
+
+
+def test_openapi_documents_the_modes_and_both_answers(client):
+    spec = client.get("/openapi.json").json()
+    predict = spec["paths"]["/api/predict"]["post"]
+    # `mode` is described, not declared: schema-driven clients keep the single-digit contract
+    assert all(f"`{m}`" in predict["description"] for m in ("digit", "number", "auto"))
+    assert not any(p["name"] == "mode" for p in predict.get("parameters", []))
+    content = predict["responses"]["200"]["content"]
+    assert content["application/vnd.digitlab.number+json"]["schema"]["$ref"].endswith("/NumberPrediction")
+    schemas = spec["components"]["schemas"]
+    assert {"NumberPrediction", "NumberDigit", "BoxOut", "VerdictOut"} <= set(schemas)
+    assert "verdict" in schemas["Prediction"]["required"]
+
+
+def test_boolean_pixels_are_refused(client):
+    # The schema says numbers; Python reads JSON true as 1, so the fuzz test's negative mode got a 200 for it.
+    r = client.post("/api/predict", json={"pixels": (np.eye(28) > 0).tolist()})
+    assert r.status_code == 422 and r.json()["error"] == "bad_pixels" and "true/false" in r.json()["detail"]

@@ -20,7 +20,10 @@ from digitlab import __version__
 from digitlab.backend import choose_backend, quiet_tensorflow_logs
 from digitlab.errors import DigitlabError
 
-COMMAND_MODULES = ["data", "models", "train", "evaluate", "predict", "serve", "compare", "ensemble"]
+COMMAND_MODULES = ["data", "models", "train", "evaluate", "predict", "serve", "compare", "ensemble", "export",
+                   "feedback", "finetune", "runs", "sweep"]
+# What `pip install digitlab` leaves out and `digitlab[train]` brings: a command that needs it says so.
+TRAINING_STACK = {"keras", "tensorflow", "jax", "jaxlib", "sklearn", "xgboost", "matplotlib", "tf2onnx", "onnx"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,6 +51,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except DigitlabError as exc:  # the user's to fix: a message, no traceback; anything else is a bug
         return fail(str(exc), exc.exit_code)
+    except ModuleNotFoundError as exc:  # an inference-only install asked to train, evaluate, export...
+        if (exc.name or "").split(".")[0] not in TRAINING_STACK:
+            raise
+        from digitlab.predictor import TRAIN_EXTRA
+        return fail(f"this command needs the training stack, which this installation lacks ({exc.name} is not "
+                    f"installed): {TRAIN_EXTRA}", 1)
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130

@@ -5,6 +5,7 @@
     digitlab compare --models logreg,knn,seed-ann --out runs/cmp
     digitlab compare --max-train svm=20000 --set xgboost.n_estimators=100
     digitlab compare --retrain                                # ignore the saved models, train again
+    digitlab compare --out copied/compare --trust-folder      # load models a folder you copied in holds
 """
 from __future__ import annotations
 
@@ -49,6 +50,10 @@ def add_parser(sub) -> None:
     p.add_argument("--out", default="runs/compare",
                    help="output folder, one subfolder per model (default: runs/compare)")
     p.add_argument("--retrain", action="store_true", help="train again even where a saved model matches")
+    p.add_argument("--trust-folder", action="store_true",
+                   help="also re-use saved models in --out that digitlab on this machine did not write (a folder "
+                        "you copied in yourself). Their .joblib files are pickles: loading one runs any code it "
+                        "holds, so only for folders you trust. Once loaded they count as this machine's")
     p.add_argument("--quiet", action="store_true", help="no per-model progress")
     p.set_defaults(func=cmd_compare, family=family)
 
@@ -99,7 +104,7 @@ def config_from_args(args) -> cmp.CompareConfig:
         models=args.models, dataset=args.dataset,
         train_size=cmp.QUICK_TRAIN_SIZE if args.quick else (args.train_size or 0),
         test_size=args.test_size or 0, max_train=max_train, params=params, neural_epochs=args.epochs or 0,
-        seed=args.seed, retrain=args.retrain)
+        seed=args.seed, retrain=args.retrain, trust_folder=args.trust_folder)
 
 
 def family(args) -> str | None:
@@ -174,6 +179,16 @@ class ProgressPrinter:
         reused = [p.name for p in plans if p.reuse]
         if reused:
             self._say(f"re-using saved models (SHA-256 checked): {', '.join(reused)}; --retrain to train them again")
+        adopted = [p.name for p in plans if p.adopt]
+        if adopted:
+            self._say(f"trusting saved models this machine did not write (--trust-folder): {', '.join(adopted)}; "
+                      f"their manifests are signed as this machine's once they load")
+        foreign = [p.name for p in plans if p.foreign]
+        if foreign:
+            self._say(f"not re-using saved models this machine did not write: {', '.join(foreign)}. Their "
+                      f"manifests are not signed by digitlab here (a folder copied in, or saved by a digitlab "
+                      f"before signing), so they are trained again and their files are never loaded. If you "
+                      f"copied this folder in yourself and trust it, pass --trust-folder to load them instead")
 
     def _stage(self, info) -> None:
         self.stop()

@@ -1,19 +1,27 @@
-"""`digitlab predict RUN INPUT...`: read digits from image files, folders and .npy arrays.
+"""`digitlab predict RUN INPUT...`: read digits from image files, folders and .npy arrays, with a verdict each.
 
     digitlab predict runs/20261126-071500-seed-ann-s0 my_7.png scans/ --save-input seen/
     digitlab predict runs/... digits.npy --json
+    digitlab predict runs/... scribble.png --explain why/         # + why/scribble-explain.png
+    digitlab predict runs/... my_7.png --threshold 0.9 --ood-threshold 250
 
-Exit status: 0 when every input was predicted, 1 when any input failed (the others are still
-reported), 2 for usage problems (no such run, a model file that can't be loaded, an unwritable
---save-input folder).
+Each input gets one verdict (docs/trust.md): "digit 7 (p=0.998)", "unsure: 7 or 1? (p=0.55)", "not a
+digit (best guess 4, p=0.91)" or "blank (no ink found)". The probabilities are calibrated by the run's
+trust model; --threshold and --ood-threshold override the thresholds `digitlab evaluate` fitted.
+
+Exit status: 0 when every input was read (whatever its verdict: a verdict is not an error), 1 when any
+input could not be read (the others are still reported), 2 for usage problems (no such run, a model file
+that can't be loaded, an unwritable --save-input or --explain folder, a threshold out of range).
 """
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
 from digitlab.cli import fail, run_family
+from digitlab.errors import ConfigError
 
 
 def add_parser(subparsers) -> None:
@@ -27,6 +35,15 @@ def add_parser(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON list instead of text lines")
     p.add_argument("--save-input", metavar="DIR", type=Path,
                    help="write each 28x28 image the model saw to DIR as PNG, to check the preprocessing")
+    p.add_argument("--explain", metavar="DIR", type=Path,
+                   help="write an occlusion map of each input to DIR as PNG: red where the ink supports the best "
+                        "guess, blue where it speaks against it")
+    p.add_argument("--threshold", metavar="P", type=float,
+                   help="answer a digit only at this calibrated probability or above (0-1; default: the run's, "
+                        "fitted by `digitlab evaluate`); below it the verdict is unsure")
+    p.add_argument("--ood-threshold", metavar="S", type=float,
+                   help="call an input not a digit when its out-of-distribution score is above S (default: the "
+                        "run's; report.html shows the scores); 'inf' never does")
     p.set_defaults(func=run, family=lambda args: run_family(args.run))
 
 
@@ -34,12 +51,21 @@ def run(args) -> int:
     from digitlab.prediction import predict_paths
     from digitlab.predictor import Predictor
     from digitlab.runs import open_run
+    _check_thresholds(args)
     the_run = open_run(args.run)
     predictor = Predictor.from_run(the_run)  # now: a broken model file is one clear error, not one per input
+    if args.threshold is not None or args.ood_threshold is not None:
+        predictor = predictor.with_thresholds(args.threshold, args.ood_threshold)
+    for flag, folder in (("--save-input", args.save_input), ("--explain", args.explain)):
+        try:
+            if folder is not None:
+                folder.mkdir(parents=True, exist_ok=True)  # before the model runs, not after
+        except OSError as exc:
+            return fail(f"cannot write to {flag} {folder}: {exc.strerror or exc}")
     try:
-        results = predict_paths(predictor, args.inputs, save_input_dir=args.save_input)
-    except OSError as exc:  # the --save-input folder; reading inputs reports per file instead
-        return fail(f"cannot write to --save-input {args.save_input}: {exc.strerror or exc}")
+        results = predict_paths(predictor, args.inputs, save_input_dir=args.save_input, explain_dir=args.explain)
+    except OSError as exc:  # writing into those folders; reading inputs reports per file instead
+        return fail(f"cannot write {exc.filename or 'to the output folder'}: {exc.strerror or exc}")
 
     names = list(the_run.class_names)
     if args.json:
@@ -50,9 +76,31 @@ def run(args) -> int:
             if r.error:
                 print(f"{where}: ERROR {r.error}", file=sys.stderr)
             else:
-                top = ", ".join(f"{_label(c, names)} {p:.3f}" for c, p in r.top3)
-                print(f"{where}: {_noun(names)} {_label(r.digit, names)} (p={r.probability:.3f})  top3: {top}")
+                print(f"{where}: {_verdict_line(r, names)}")
     return 1 if any(r.error for r in results) else 0
+
+
+def _check_thresholds(args) -> None:
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        raise ConfigError(f"--threshold is a probability between 0 and 1, got {args.threshold}")
+    if args.ood_threshold is not None and math.isnan(args.ood_threshold):
+        raise ConfigError("--ood-threshold must be a number (or inf: never 'not a digit'), got nan")
+
+
+def _verdict_line(r, names: list[str]) -> str:
+    """ "digit 7 (p=0.998)  top3: ...", "unsure: 7 or 1? (p=0.550)  top3: ...", "not a digit (best guess 4,
+    p=0.910)  top3: ...", "blank (no ink found)"."""
+    v = r.verdict
+    if v.kind == "blank":
+        return "blank (no ink found)"
+    top = ", ".join(f"{_label(c, names)} {p:.3f}" for c, p in r.top3)
+    if v.kind == "digit":
+        head = f"{_noun(names)} {_label(r.digit, names)} (p={r.probability:.3f})"
+    elif v.kind == "unsure":
+        head = f"{v.text([_label(c, names) for c in range(len(names))])} (p={r.probability:.3f})"
+    else:
+        head = f"{v.text()} (best guess {_label(r.best, names)}, p={r.probability:.3f})"
+    return f"{head}  top3: {top}"
 
 
 def _is_digits(names: list[str]) -> bool:

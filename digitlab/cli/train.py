@@ -7,11 +7,14 @@
     digitlab train --model mlp --schedule cosine --warmup-epochs 1 --label-smoothing 0.1
     digitlab train --model convnet --early-stopping 3 --monitor val_accuracy
     digitlab train --resume runs/20261126-071500-bestcnn-s0  # after Ctrl-C or a killed process
+    digitlab train --out runs/mine --overwrite                # replace the digitlab run in runs/mine
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -92,11 +95,25 @@ def add_parser(sub) -> None:
     p.add_argument("--model", default="seed-ann", help="registered model name (digitlab models lists them)")
     p.add_argument("--dataset", choices=list(SPECS))
     p.add_argument("--data-dir", help="folder with the dataset files (also $DIGITLAB_DATA_DIR)")
-    p.add_argument("--out", help="the run directory to create (default: RUNS_ROOT/<time>-<model>-s<seed>)")
+    p.add_argument("--out", help="the run directory to create (default: RUNS_ROOT/<time>-<model>-s<seed>); "
+                                 "it must be empty or new")
+    p.add_argument("--overwrite", action="store_true",
+                   help="let --out name a folder holding a digitlab run: its files are replaced, any others kept")
     p.add_argument("--runs-root", default="runs", help="where new run directories go (default: runs)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--no-export", dest="export", action="store_false",
+                   help="skip the ONNX export at the end (model.onnx, checked against Keras on the test set, is what "
+                        "predict and serve run without TensorFlow or JAX)")
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run (or --seeds group) from its last "
                                                    "completed epoch, with its saved settings")
+    p.add_argument("--devices", type=typed(int, "devices"), metavar="N",
+                   help="data-parallel training over N devices (JAX backend: weights replicated, each batch split; "
+                        "on a CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N makes N devices)")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="write Keras' TensorBoard logs into the run (RUN/tensorboard; `tensorboard --logdir RUN`)")
+    p.add_argument("--mlflow", nargs="?", const="", metavar="URI",
+                   help="log params, per-epoch figures, the report and the model to MLflow (default store: "
+                        "sqlite:///RUNS_ROOT/mlflow.db, artifacts in RUNS_ROOT/mlruns; or a tracking URI)")
     p.add_argument("--seeds", type=typed(int, "seeds"), metavar="N",
                    help="train N runs with seeds SEED, SEED+1, ... into one group folder (OUT/s<seed>/, seeds.json); "
                         "print mean and std")
@@ -145,7 +162,10 @@ def parse_model_params(args) -> dict:
         if raw is None:
             continue
         if key == "dropout":
-            values = [typed(float, "dropout")(v) for v in str(raw).split(",") if v.strip()]
+            try:
+                values = [typed(float, "dropout")(v) for v in str(raw).split(",") if v.strip()]
+            except argparse.ArgumentTypeError as exc:  # parsed here, after argparse: a ConfigError like the rest
+                raise ConfigError(f"--dropout: {exc}") from None
             params[key] = values[0] if len(values) == 1 else values
         else:
             params[key] = parse(raw)
@@ -156,10 +176,18 @@ def parse_model_params(args) -> dict:
             raise ConfigError(f"--param needs KEY=VALUE, got {item!r}")
         key, raw = item.split("=", 1)
         try:
-            params[key.strip()] = json.loads(raw)
+            params[key.strip()] = json.loads(raw, parse_constant=_no_constant(key.strip()))
         except json.JSONDecodeError:
             params[key.strip()] = raw
+        if isinstance(params[key.strip()], float) and not math.isfinite(params[key.strip()]):
+            raise ConfigError(f"--param {key.strip()} must be a finite number, got {raw!r}")
     return params
+
+
+def _no_constant(key: str):
+    def refuse(name: str):  # json reads NaN, Infinity and -Infinity as floats; no parameter wants them
+        raise ConfigError(f"--param {key} must be a finite number, got {name}")
+    return refuse
 
 
 def train_config_from_args(args) -> TrainConfig:
@@ -188,26 +216,58 @@ def given_training_flags(args) -> list[str]:
     flags += ["--seeds"] if args.seeds is not None else []
     flags += ["--model"] if args.model != "seed-ann" else []
     flags += ["--dataset"] if args.dataset else []
+    flags += ["--out"] if args.out else []
+    flags += ["--overwrite"] if args.overwrite else []
     return flags
 
 
 def run(args) -> int:
+    if args.devices is not None and args.resume:
+        raise ConfigError("--devices applies to new runs; resume the run without it")
+    if (args.tensorboard or args.mlflow is not None) and (args.resume or args.seeds is not None):
+        raise ConfigError("--tensorboard and --mlflow log one new run: drop them with --resume or --seeds")
     if args.resume:
         return _resume(args)
     cfg = train_config_from_args(args)
+    if args.devices is not None:
+        from digitlab.distribute import use_devices
+        print(f"data-parallel over {', '.join(use_devices(args.devices, cfg.batch_size))}", flush=True)
     from digitlab.environment import keras_backend
     seeds = f"seeds {cfg.seed}..{cfg.seed + args.seeds - 1}" if args.seeds else f"seed {cfg.seed}"
     print(f"training {cfg.model} on {cfg.dataset} (backend: {keras_backend()}, {seeds})", flush=True)
     verbose = 0 if args.quiet else 1
-    from digitlab.data import load_dataset
+    from digitlab.data import load_dataset, prepare_split
     ds = load_dataset(cfg.dataset, data_dir=args.data_dir)
+    prepare_split(cfg, ds)  # a bad --val or --train-size is reported before any folder is made
+    out = Path(args.out) if args.out else None
     if args.seeds is not None:
         from digitlab.seeds import train_seeds
-        return _report_group(lambda: train_seeds(cfg, args.seeds, runs_root=args.runs_root, out=args.out,
-                                                 dataset=ds, verbose=verbose))
+        return _report_group(lambda: train_seeds(cfg, args.seeds, runs_root=args.runs_root, out=out,
+                                                 dataset=ds, verbose=verbose),
+                             out, claim=lambda: _claim_group(out, cfg, args.seeds, args.overwrite), export=args.export)
     from digitlab.training import train
-    return _report_run(lambda: train(cfg, runs_root=args.runs_root, run_dir=args.out, dataset=ds,
-                                     verbose=verbose), ds)
+    callbacks, logger = [], None
+    if args.tensorboard or args.mlflow is not None:  # the folder is made now, so the logs know where to go
+        from digitlab import tracking
+        from digitlab.runs import new_run_dir
+        out = out or new_run_dir(args.runs_root, cfg.model, cfg.seed)
+        callbacks = tracking.tensorboard_callbacks(out) if args.tensorboard else []
+        if args.mlflow is not None:
+            logger = tracking.MlflowLogger(cfg, out, uri=args.mlflow or None)
+            callbacks.append(logger)
+    return _report_run(lambda: train(cfg, runs_root=args.runs_root, run_dir=out, dataset=ds, verbose=verbose,
+                                     overwrite=args.overwrite, callbacks=callbacks), ds, out, export=args.export,
+                       logger=logger)
+
+
+def _claim_group(path: Path, cfg: TrainConfig, seeds: int, overwrite: bool) -> None:
+    """A --seeds --out folder: new or empty, the same group again (its finished seeds are kept), or --overwrite."""
+    from digitlab.runs import claim_folder
+    seed_list = [cfg.seed + i for i in range(seeds)]
+    same = (is_seed_group(path) and not overwrite
+            and (read_seed_group(path).config, read_seed_group(path).seeds) == (cfg, seed_list))
+    if not same:
+        claim_folder(path, overwrite)
 
 
 def _resume(args) -> int:
@@ -219,38 +279,71 @@ def _resume(args) -> int:
     group = is_seed_group(path)
     if not group and not (path / CONFIG).exists():
         raise RunError(f"{path} is not a run directory or --seeds group (no {CONFIG} or seeds.json)")
+    if not group:  # said at once, before the data and the training stack load
+        from digitlab.runs import check_resumable, lock_run, remove_run_temporaries
+        with lock_run(path):
+            remove_run_temporaries(path)
+            check_resumable(Run(path))
     from digitlab.environment import keras_backend
     model = read_seed_group(path).config.model if group else Run(path).config.model
     print(f"resuming {path} ({model}, backend: {keras_backend()})", flush=True)
     verbose = 0 if args.quiet else 1
     if group:
         from digitlab.seeds import resume_seeds
-        return _report_group(lambda: resume_seeds(path, data_dir=args.data_dir, verbose=verbose))
+        return _report_group(lambda: resume_seeds(path, data_dir=args.data_dir, verbose=verbose), path,
+                             export=args.export)
     from digitlab.data import load_dataset
     from digitlab.training import resume
     ds = load_dataset(Run(path).config.dataset, data_dir=args.data_dir)
-    return _report_run(lambda: resume(path, dataset=ds, verbose=verbose), ds)
+    return _report_run(lambda: resume(path, dataset=ds, verbose=verbose), ds, path, export=args.export)
 
 
-def _report_run(train_one, dataset) -> int:
-    """Train one run, evaluate it, print its summary; Ctrl-C keeps what was done."""
+def _locked(folder: Path | None):
+    """Hold `folder` against other processes for the whole command, training and evaluation alike (a
+    new folder under --runs-root is locked by training itself)."""
+    from digitlab.runs import lock_run
+    return lock_run(folder) if folder else contextlib.nullcontext()
+
+
+def _report_run(train_one, dataset, folder: Path | None, export: bool = True, logger=None) -> int:
+    """Train one run, evaluate it, print its summary, export it to ONNX; Ctrl-C keeps what was done.
+    `logger`: a tracking.MlflowLogger, finished with the evaluated run (or marked killed or failed)."""
     from digitlab.cli.summary import print_summary
     from digitlab.evaluation import evaluate_run
-    try:
-        run = train_one()
-    except KeyboardInterrupt:
-        return _interrupted()
-    evaluate_run(run, dataset=dataset)
+    with _locked(folder):
+        try:
+            run = train_one()
+        except KeyboardInterrupt:
+            if logger:
+                logger.finish(status="KILLED")
+            return _interrupted()
+        except Exception:
+            if logger:
+                logger.finish(status="FAILED")
+            raise
+        evaluate_run(run, dataset=dataset)
+        if logger:
+            logger.finish(run)
     print_summary(run)
+    if export:  # after the lock: on JAX the export runs in a `digitlab export` process of its own
+        from digitlab.cli.export import export_after
+        export_after([run], dataset=dataset)
     return 0
 
 
-def _report_group(train_group) -> int:
+def _report_group(train_group, folder: Path | None, claim=None, export: bool = True) -> int:
     from digitlab.cli.summary import print_seeds
-    try:
-        print_seeds(train_group())
-    except KeyboardInterrupt:
-        return _interrupted()
+    with _locked(folder):
+        if claim and folder:
+            claim()
+        try:
+            group = train_group()
+        except KeyboardInterrupt:
+            return _interrupted()
+    print_seeds(group)
+    if export:
+        from digitlab.cli.export import export_after
+        export_after(group.runs)
     return 0
 
 

@@ -1,7 +1,7 @@
 """The leaderboard as data: one Row per model, what it was measured on (Meta), best model first.
 
     board = run_comparison(cfg, "runs/compare")
-    board.rows[0].model, board.rows[0].test_accuracy, board.rows[0].ci95_low, board.total_seconds
+    board.rows[0].model, board.rows[0].test_accuracy, board.rows[0].ci95_low, board.rows[0].ece, board.total_seconds
     wilson_interval(9800, 10_000)        # (0.97707, 0.98257): the 95% interval of a 98.00% accuracy
 
 The rows' fields, in order, are the columns of leaderboard.csv (ROW_FIELDS); leaderboard.json holds
@@ -48,6 +48,12 @@ class Row:
     ari_test: float | None = None
     nmi_test: float | None = None
     description: str = ""
+    # calibration, fitted on the held-out calibration images (None without them): top-label ECE (15 bins) on the
+    # test images of the calibrated probabilities, and of the model's own; the calibrated test loss; the map
+    ece: float | None = None
+    ece_uncalibrated: float | None = None
+    test_loss_calibrated: float | None = None
+    calibration: str | None = None  # "temperature scaling, T = 0.87" (networks), "isotonic regression per class"
 
 
 ROW_FIELDS = [f.name for f in dataclasses.fields(Row)]
@@ -81,6 +87,7 @@ class Meta:
     keras_backend: str | None  # None when no network ran
     total_seconds: float
     created: str  # local time, "2026-11-26 07:15:00"
+    calibration_images: int = 0  # training images held out of every model's training to calibrate it
 
 
 @dataclass(frozen=True)

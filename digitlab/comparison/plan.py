@@ -7,8 +7,11 @@
 
 `check_config` needs no data and runs once per comparison; `plan_models` then sizes each model's
 training set and checks the SHA-256 of every saved model it will re-use, so a tampered file stops
-the run before anything trains. A model is re-used only when its fit key (data checksum, training
-size, seed, hyperparameters, library versions) is the one its manifest recorded.
+the run before anything trains. A model is re-used only when its manifest was signed by digitlab on
+this machine (manifest.signed_here; or the user vouched for the folder with `trust_folder`) and its
+fit key (data checksum, training size, seed, hyperparameters, library versions) is the one that
+manifest recorded. A saved model whose manifest was not signed here is trained again, never loaded:
+its plan says `foreign`.
 """
 from __future__ import annotations
 
@@ -18,17 +21,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from digitlab import classic, registry
-from digitlab.comparison.manifest import MANIFEST, read_manifest
+from digitlab.comparison import signing
+from digitlab.comparison.manifest import MANIFEST, Manifest, read_manifest, signed_here
 from digitlab.config import TrainConfig, apply_overrides, to_dict
 from digitlab.data import Dataset
 from digitlab.environment import versions
 from digitlab.errors import ConfigError, RunError
-from digitlab.runs import Run
+from digitlab.runs import MODEL_FILE, Run
 
 DEFAULT_MODELS = ("logreg", "knn", "svm", "rf", "xgboost", "kmeans", "seed-ann")
 ALIASES = {"kmeans": tuple(classic.kmeans_name(k) for k in classic.KMEANS_DEFAULT_CLUSTERS),
            "classic": tuple(classic.classic_names())}
 QUICK_TRAIN_SIZE = 10_000  # --quick: training images per model; the whole default set runs in minutes
+# Training images held out of every model's training (a seeded, stratified split: `digitlab train`'s default
+# --val 5000, so a network's validation split is this very split) to calibrate each model by temperature
+# scaling and measure its calibration: without held-out images a model cannot be calibrated honestly.
+CALIBRATION_IMAGES = 5_000
 CLASSIC_VERSIONS = ("scikit-learn", "xgboost", "numpy")  # a pickle from other versions may load wrongly: refit
 NEURAL_VERSIONS = ("keras",)
 
@@ -37,13 +45,17 @@ NEURAL_VERSIONS = ("keras",)
 class CompareConfig:
     models: tuple[str, ...] = DEFAULT_MODELS  # classic names, "kmeans" (= kmeans-10/64/256), registered networks
     dataset: str = "mnist"  # mnist | fashion-mnist
-    train_size: int = 0  # training images per model; 0 = the whole training set (60,000 for MNIST)
+    train_size: int = 0  # training images per model; 0 = all but the calibration split (55,000 for MNIST)
     test_size: int = 0  # test images; 0 = the whole test set (10,000). Smaller only for smoke tests
     max_train: dict = field(default_factory=dict)  # per-model cap on training images, e.g. {"svm": 20000}
     params: dict = field(default_factory=dict)  # per-model hyperparameter overrides: {"xgboost": {"n_estimators": 50}}
     neural_epochs: int = 0  # epochs for registered networks; 0 = each network's registered default
     seed: int = 0  # seeds the subsets, the classic models' randomness and the networks' training
+    calibration: int = CALIBRATION_IMAGES  # training images held out to calibrate every model; 0 = none (no ECE after)
     retrain: bool = False  # train again even where a saved model with the same settings exists
+    # Re-use saved models whose manifests this machine did not sign (a folder the user copied in and
+    # trusts). joblib models are pickles: loading one runs whatever code it holds.
+    trust_folder: bool = False
 
 
 class CompareError(ConfigError):
@@ -176,8 +188,11 @@ def check_config(cfg: CompareConfig, out_dir: str | Path) -> CheckedConfig:
             raise CompareError(str(exc)) from None
     if cfg.neural_epochs < 0:
         raise CompareError(f"--epochs must be 1 or more, got {cfg.neural_epochs}")
+    if cfg.calibration < 0:
+        raise CompareError(f"the calibration split must be 0 or more images, got {cfg.calibration}")
     out = Path(out_dir)
     _check_writable(out)
+    signing.machine_key()  # made now if need be: a state folder we can't write fails before hours of training
     return CheckedConfig(cfg, out, kinds)
 
 
@@ -205,6 +220,9 @@ class ModelPlan:
     train_config: TrainConfig | None  # networks: what digitlab.training.train runs
     fit_key: dict  # everything the fitted model depends on; a saved model is reused only if this matches
     reuse: bool  # a saved model with this fit_key exists (and its SHA-256 checks out): evaluate only
+    saved: Manifest | None = None  # when reuse: the manifest believed, whose SHA-256 the model file matched
+    foreign: bool = False  # a saved model is there, but this machine did not sign its manifest: trained again
+    adopt: bool = False  # reuse of a foreign manifest under trust_folder: it is signed here once loaded
 
 
 def plan_comparison(cfg: CompareConfig, out_dir: str | Path, ds: Dataset) -> list[ModelPlan]:
@@ -215,11 +233,16 @@ def plan_comparison(cfg: CompareConfig, out_dir: str | Path, ds: Dataset) -> lis
 def plan_models(checked: CheckedConfig, ds: Dataset) -> list[ModelPlan]:
     """One plan per model: its training size, its fit key and whether its saved model is reused.
 
-    Every saved model that will be reused has its SHA-256 checked here (classic.ModelIntegrityError)."""
+    Every saved model that will be reused has its SHA-256 checked here (classic.ModelIntegrityError).
+    A manifest this machine did not sign is not read any further, unless `cfg.trust_folder`."""
     cfg = checked.cfg
-    n_train, n_test = len(ds.y_train), len(ds.y_test)
+    n_train, n_test = pool_size(cfg, ds), len(ds.y_test)
+    if n_train < 1:
+        raise CompareError(f"a calibration split of {cfg.calibration} images leaves none of {ds.name}'s "
+                           f"{len(ds.y_train)} training images to train on")
     if cfg.train_size > n_train:
-        raise CompareError(f"--train-size {cfg.train_size}: {ds.name} has only {n_train} training images")
+        held = f" ({cfg.calibration} more are held out for calibration)" if cfg.calibration else ""
+        raise CompareError(f"--train-size {cfg.train_size}: {ds.name} has only {n_train} training images{held}")
     if cfg.test_size > n_test:
         raise CompareError(f"--test-size {cfg.test_size}: {ds.name} has only {n_test} test images")
     plans = []
@@ -229,9 +252,21 @@ def plan_models(checked: CheckedConfig, ds: Dataset) -> list[ModelPlan]:
             plan = _neural_plan(cfg, name, size, ds)
         else:
             plan = _classic_plan(cfg, name, kind, size, ds)
-        reuse = not cfg.retrain and _saved_model_matches(checked.out / name, plan.fit_key, kind)
-        plans.append(dataclasses.replace(plan, reuse=reuse))
+        if not cfg.retrain:
+            plan = _reuse(plan, checked.out / name, cfg.trust_folder)
+        plans.append(plan)
     return plans
+
+
+def pool_size(cfg: CompareConfig, ds: Dataset) -> int:
+    """The training images a model may train on: the training set less the calibration split."""
+    return len(ds.y_train) - cfg.calibration
+
+
+def split_config(cfg: CompareConfig, train_images: int = 0) -> TrainConfig:
+    """The TrainConfig whose data.prepare_split is compare's: the calibration split held out as its validation
+    split ("0": none), then a seeded, stratified subset of `train_images` of the rest (0: all of it)."""
+    return TrainConfig(val=str(cfg.calibration), seed=cfg.seed, train_size=train_images)
 
 
 def _classic_plan(cfg: CompareConfig, name: str, kind: str, size: int, ds: Dataset) -> ModelPlan:
@@ -239,23 +274,24 @@ def _classic_plan(cfg: CompareConfig, name: str, kind: str, size: int, ds: Datas
     if kind == "clustering" and size < spec.params["n_clusters"]:
         raise CompareError(f"{name} needs at least {spec.params['n_clusters']} training images, got {size}")
     params = classic.resolved_params(name, cfg.params.get(name))
-    key = _fit_key(name, ds, size, cfg.seed, params=params, versions=versions(CLASSIC_VERSIONS))
+    key = _fit_key(name, ds, size, cfg.seed, params=params, calibration=cfg.calibration,
+                   versions=versions(CLASSIC_VERSIONS))
     return ModelPlan(name, kind, spec.description, size, cfg.seed, params, None, key, False)
 
 
 def _neural_plan(cfg: CompareConfig, name: str, size: int, ds: Dataset) -> ModelPlan:
-    tc = neural_train_config(cfg, name, size, len(ds.y_train))
+    tc = neural_train_config(cfg, name, size, pool_size(cfg, ds))
     key = _fit_key(name, ds, size, cfg.seed, train_config=to_dict(tc), versions=versions(NEURAL_VERSIONS))
     return ModelPlan(name, "neural", registry.get_model_info(name).description, size, cfg.seed, None, tc, key, False)
 
 
 def neural_train_config(cfg: CompareConfig, name: str, train_images: int, n_available: int) -> TrainConfig:
-    """The TrainConfig for a registered network: its own defaults, no validation hold-out, our subset."""
+    """The TrainConfig for a registered network: its own defaults, the calibration split as its validation split
+    (so it trains on exactly the classic models' images), our subset."""
     tc = apply_overrides(TrainConfig(model=name), registry.get_model_info(name).defaults)
-    return dataclasses.replace(
-        tc, dataset=cfg.dataset, seed=cfg.seed, val="0",  # "0": every training image trains, like the classic models
-        train_size=0 if train_images >= n_available else train_images,
-        epochs=cfg.neural_epochs or tc.epochs)
+    split = split_config(cfg, 0 if train_images >= n_available else train_images)
+    return dataclasses.replace(tc, dataset=cfg.dataset, seed=split.seed, val=split.val, train_size=split.train_size,
+                               epochs=cfg.neural_epochs or tc.epochs)
 
 
 def _fit_key(name: str, ds: Dataset, size: int, seed: int, **settings) -> dict:
@@ -264,9 +300,26 @@ def _fit_key(name: str, ds: Dataset, size: int, seed: int, **settings) -> dict:
     return json.loads(json.dumps(key))  # the form it takes in manifest.json, for comparison
 
 
-def _saved_model_matches(folder: Path, key: dict, kind: str) -> bool:
+MODEL_FILES = {"classic": {classic.JOBLIB_FILE, classic.XGBOOST_FILE}, "clustering": {classic.JOBLIB_FILE},
+               "neural": {MODEL_FILE}}  # what a manifest of each kind may name, beside it
+
+
+def _reuse(plan: ModelPlan, folder: Path, trust_folder: bool) -> ModelPlan:
+    """`plan`, marked to re-use the saved model in `folder` if its manifest is believed and matches."""
     manifest = read_manifest(folder)
-    if manifest is None or manifest.fit_key != key:
+    if manifest is None:
+        return plan
+    here = signed_here(manifest)
+    if not here and not trust_folder:
+        return dataclasses.replace(plan, foreign=True)  # its claims (hash, settings) are nobody's we know
+    if _saved_model_matches(folder, manifest, plan.fit_key, plan.kind):
+        return dataclasses.replace(plan, reuse=True, saved=manifest, adopt=not here)
+    return plan
+
+
+def _saved_model_matches(folder: Path, manifest: Manifest, key: dict, kind: str) -> bool:
+    if (manifest.fit_key != key or manifest.kind != kind or not isinstance(manifest.model_file, str)
+            or manifest.model_file not in MODEL_FILES[kind]):
         return False
     path = folder / manifest.model_file
     if not path.is_file():

@@ -79,8 +79,8 @@ def _sources(board: Leaderboard) -> list[str]:
 
 def table_rows(board: Leaderboard) -> tuple[list[str], list[list[str]]]:
     """The leaderboard as text cells, shared by the Markdown and HTML tables."""
-    header = ["#", "model", "test accuracy (95% CI)", "published", "Δ (points)", "train images",
-              "train time", "predict / 10k", "size on disk"]
+    header = ["#", "model", "test accuracy (95% CI)", "published", "Δ (points)", "ECE own → calibrated",
+              "train images", "train time", "predict / 10k", "size on disk"]
     sources = _sources(board)
     rows = []
     for r in board.rows:
@@ -88,8 +88,9 @@ def table_rows(board: Leaderboard) -> tuple[list[str], list[list[str]]]:
         if r.published_accuracy is not None:
             published = f"{_pct(r.published_accuracy)} [{sources.index(r.published_source) + 1}]"
         delta = "" if r.published_delta is None else f"{100 * r.published_delta:+.2f}"
+        calibrated = _pct(r.ece_uncalibrated) + ("" if r.ece is None else f" → {_pct(r.ece)}")
         rows.append([str(r.rank), r.model, f"{_pct(r.test_accuracy)} ({100 * r.ci95_low:.2f}–{100 * r.ci95_high:.2f})",
-                     published, delta, f"{r.train_images:,}", human_seconds(r.train_seconds),
+                     published, delta, calibrated, f"{r.train_images:,}", human_seconds(r.train_seconds),
                      human_seconds(r.predict_seconds_per_10k), human_size(r.size_bytes)])
     return header, rows
 
@@ -103,14 +104,26 @@ def notes(board: Leaderboard) -> list[str]:
     """Plain-language notes under the table: caps, missing references, gaps to the published figures."""
     out = []
     meta = board.meta
-    full = meta.train_images_full
+    full = meta.train_images_full - meta.calibration_images  # what a model trains on at most
+    if meta.calibration_images:
+        out.append(f"{meta.calibration_images:,} of the {meta.train_images_full:,} training images are held out of "
+                   f"every model's training (a network's validation split) to calibrate it: a network by temperature "
+                   f"scaling, as `digitlab evaluate` does a run; a classic model by isotonic regression per class "
+                   f"(its vote-share probabilities need more than one temperature). ECE: top-label expected "
+                   f"calibration error (15 bins) on the test images, of the model's own probabilities → after "
+                   f"calibration; accuracy is the model's own. The published figures train on all "
+                   f"{meta.train_images_full:,}.")
+    else:
+        out.append("No calibration split (calibration=0): every model trains on all the training images, and the "
+                   "ECE is of its own probabilities, uncalibrated.")
     capped = [f"{r.model} ({r.train_images:,})" for r in board.rows if r.train_images < full]
     if capped and len(capped) == len(board.rows) and len({r.train_images for r in board.rows}) == 1:
         out.append(f"Every model trained on {board.rows[0].train_images:,} of the {full:,} training images "
-                   f"(a quick run): the published figures use all of them, so expect these to sit lower.")
+                   f"(a quick run): the published figures use all {meta.train_images_full:,}, so expect these to sit "
+                   f"lower.")
     elif capped:
         out.append(f"Trained on fewer than all {full:,} training images: {', '.join(capped)} — the published "
-                   f"figures use all of them, so expect these to sit lower.")
+                   f"figures use all {meta.train_images_full:,}, so expect these to sit lower.")
     if meta.test_images < 10_000:
         out.append(f"Scored on a {meta.test_images:,}-image subset of the test set: a smoke run, not a result.")
     for r in board.rows:
@@ -130,8 +143,9 @@ def notes(board: Leaderboard) -> list[str]:
         if any(classic.is_clustering(m) for m in models):
             out.append(f"k-means: {NO_REFERENCE['kmeans']}.")
     if "svm" in models:
-        out.append("svm: libsvm is single-threaded, so its time is one core's; its test loss (in its report) "
-                   "comes from softmaxed decision values, not probabilities.")
+        out.append("svm: libsvm is single-threaded, so its time is one core's. It has no probabilities of its own: "
+                   "its 'own' are a softmax of its decision values (hence their ECE), which the isotonic map turns "
+                   "into calibrated probabilities; its test loss in leaderboard.csv is given both ways.")
     if any(r.reused for r in board.rows):
         out.append("Saved models were re-used (SHA-256 checked): their training time is the one recorded when "
                    "they were trained. Pass --retrain to measure it again.")

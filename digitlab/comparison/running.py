@@ -9,6 +9,13 @@ Each model gets out_dir/<model>/: the saved model, manifest.json and the core ev
 Every model is scored through a digitlab.predictor.Predictor, classic ones included, on images
 scaled by digitlab.data.scale. Progress events, in order: "plan", then per model "model-start",
 "stage" (load / train / predict), "round" (XGBoost's boosting rounds), "model-end".
+
+Calibration: no model trains on the calibration split (CompareConfig.calibration training images, held
+out like `digitlab train`'s validation split). Each model's calibration map is fitted on its probabilities
+for those images: a network's by temperature scaling, as `digitlab evaluate` calibrates a run
+(digitlab.calibration); a classic model's by isotonic regression per class (classic.fit_calibrator),
+which its vote-share probabilities need. Its ECE and loss are measured before and after; its accuracy,
+confusion matrix and report are its own predictions' (an isotonic map can change a near tie).
 """
 from __future__ import annotations
 
@@ -22,12 +29,20 @@ from pathlib import Path
 import numpy as np
 
 from digitlab import classic
+from digitlab.calibration import apply_temperature, ece, fit_temperature, log_proba, nll
 from digitlab.comparison import manifest
 from digitlab.comparison.leaderboard import Leaderboard, LoadAverage, Meta, Row, ranked, wilson_interval
-from digitlab.comparison.plan import CheckedConfig, CompareConfig, ModelPlan, check_config, plan_models
+from digitlab.comparison.plan import (
+    CALIBRATION_IMAGES,
+    CheckedConfig,
+    CompareConfig,
+    ModelPlan,
+    check_config,
+    plan_models,
+    split_config,
+)
 from digitlab.comparison.references import published
 from digitlab.comparison.render import write_leaderboard
-from digitlab.config import TrainConfig
 from digitlab.data import Dataset, load_dataset, prepare_split, scale
 from digitlab.environment import keras_backend, load_average, machine_info, versions
 from digitlab.predictor import Predictor
@@ -45,6 +60,13 @@ class TestSet:
     x: np.ndarray  # (n, 28, 28) float32 in [0, 1]: what the models see
     y: np.ndarray  # (n,) int labels
     dataset: Dataset  # where they came from: name, provenance, class names
+
+
+@dataclass(frozen=True, eq=False)  # holds arrays: compared by identity
+class CalibrationSet:
+    """The training images no model trains on, each model's temperature is fitted on."""
+    x: np.ndarray  # (n, 28, 28) float32 in [0, 1]
+    y: np.ndarray  # (n,) int labels
 
 
 @dataclass(frozen=True, eq=False)  # holds arrays: compared by identity
@@ -82,6 +104,7 @@ def run_comparison(cfg: CompareConfig, out_dir: str | Path, dataset: Dataset | N
     ds = dataset or load_dataset(cfg.dataset, data_dir=data_dir)
     plans = plan_models(checked, ds)
     test = test_set(ds, cfg.test_size, cfg.seed)
+    calibration = calibration_set(ds, cfg)
     emit = progress or (lambda event, **info: None)
     emit("plan", plans=plans, test_images=len(test.y), out_dir=checked.out)
 
@@ -90,11 +113,11 @@ def run_comparison(cfg: CompareConfig, out_dir: str | Path, dataset: Dataset | N
     for i, plan in enumerate(plans, 1):
         emit("model-start", plan=plan, index=i, total=len(plans))
         if plan.train_images not in train_sets:
-            train_sets[plan.train_images] = training_data(ds, plan.train_images, cfg.seed)
+            train_sets[plan.train_images] = training_data(ds, plan.train_images, cfg.seed, cfg.calibration)
         job = Job(plan, checked.out / plan.name, *train_sets[plan.train_images],
                   emit=functools.partial(emit, model=plan.name), verbose=verbose)
         fitted = run_neural(job, ds) if plan.kind == "neural" else run_classic(job, test)
-        row = score(job, fitted, test)
+        row = score(job, fitted, test, calibration)
         rows.append(row)
         emit("model-end", row=row, index=i, total=len(plans))
 
@@ -107,7 +130,8 @@ def run_comparison(cfg: CompareConfig, out_dir: str | Path, dataset: Dataset | N
 def _meta(checked: CheckedConfig, plans: list[ModelPlan], ds: Dataset, test: TestSet, load_at_start,
           total: float) -> Meta:
     return Meta(config=checked.cfg, models=[p.name for p in plans], dataset=ds.provenance,
-                train_images_full=len(ds.y_train), test_images=len(test.y), machine=machine_info(),
+                train_images_full=len(ds.y_train), calibration_images=checked.cfg.calibration,
+                test_images=len(test.y), machine=machine_info(),
                 load_average=LoadAverage(load_at_start, load_average()), versions=versions(META_VERSIONS),
                 keras_backend=keras_backend() if any(p.kind == "neural" for p in plans) else None,
                 total_seconds=round(total, 1), created=time.strftime("%Y-%m-%d %H:%M:%S"))
@@ -115,11 +139,22 @@ def _meta(checked: CheckedConfig, plans: list[ModelPlan], ds: Dataset, test: Tes
 
 # ---------------------------------------------------------------- the data
 
-def training_data(ds: Dataset, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """`size` training images, scaled: the seeded, stratified subset `digitlab train --val 0 --train-size`
-    trains on (digitlab.data.prepare_split), so classic models and networks see the same images."""
-    split = prepare_split(TrainConfig(val="0", seed=seed, train_size=min(size, len(ds.y_train))), ds)
+def training_data(ds: Dataset, size: int, seed: int,
+                  calibration: int = CALIBRATION_IMAGES) -> tuple[np.ndarray, np.ndarray]:
+    """`size` training images, scaled: the seeded, stratified subset that `digitlab train --val <calibration>
+    --train-size <size>` trains on (digitlab.data.prepare_split), so classic models and networks see the same
+    images, and none of the calibration split's."""
+    cfg = CompareConfig(seed=seed, calibration=calibration)
+    split = prepare_split(split_config(cfg, min(size, len(ds.y_train) - calibration)), ds)
     return scale(split.x_train), split.y_train.astype(int)
+
+
+def calibration_set(ds: Dataset, cfg: CompareConfig) -> CalibrationSet | None:
+    """The calibration split (a network's validation split), scaled; None when cfg.calibration is 0."""
+    if not cfg.calibration:
+        return None
+    split = prepare_split(split_config(cfg), ds)
+    return CalibrationSet(scale(split.x_val), split.y_val.astype(int))
 
 
 def test_set(ds: Dataset, size: int, seed: int) -> TestSet:
@@ -140,9 +175,11 @@ def run_classic(job: Job, test: TestSet) -> Fitted:
     plan, folder = job.plan, job.folder
     folder.mkdir(parents=True, exist_ok=True)
     if plan.reuse:
-        saved = manifest.read_manifest(folder)
+        saved = plan.saved  # believed at planning: signed on this machine, or the user trusts the folder
         job.emit("stage", stage="load", path=str(folder / saved.model_file))
-        model = classic.load_classic(folder / saved.model_file, saved.model_sha256)
+        model = classic.load_classic(folder / saved.model_file, saved.model_sha256)  # hashes what it loads
+        if plan.adopt:
+            manifest.write_manifest(folder, saved)  # --trust-folder: from now on it is one of ours
     else:
         manifest.forget(folder)
         job.emit("stage", stage="train", images=plan.train_images)
@@ -152,8 +189,8 @@ def run_classic(job: Job, test: TestSet) -> Fitted:
                             on_round=lambda done, total: job.emit("round", done=done, total=total))
         train_seconds = round(time.perf_counter() - t0, 3)
         path, sha = classic.save_classic(model, folder)
-        saved = manifest.Manifest(plan.name, plan.kind, path.name, sha, train_seconds, plan.fit_key)
-        manifest.write_manifest(folder, saved)
+        saved = manifest.write_manifest(
+            folder, manifest.Manifest(plan.name, plan.kind, path.name, sha, train_seconds, plan.fit_key))
 
     predictor = Predictor.from_estimator(lambda x: classic.predict_proba(model, classic.flatten(x)), name=plan.name)
     notes = [f"{plan.description}. Hyperparameters: {json.dumps(plan.params)}."]
@@ -164,9 +201,11 @@ def run_classic(job: Job, test: TestSet) -> Fitted:
                      f"labelled by majority vote of its training labels. Test ARI {scores['ari_test']:.3f}, "
                      f"NMI {scores['nmi_test']:.3f}.")
     if plan.name == "svm":
-        notes.append("The SVM's 'probabilities' are a softmax of its one-vs-rest decision values (no Platt "
-                     "scaling, which would cost 5 more fits): their argmax is the prediction, but the loss is not "
-                     "comparable with the other models'.")
+        notes.append("The SVM has no probabilities of its own: its scores are a softmax of its one-vs-rest "
+                     "decision values (no Platt scaling, which would cost 5 more fits), and their loss is not "
+                     "comparable with the other models'. Calibrated on the held-out calibration images (isotonic "
+                     "regression per class, as every classic model), they are probabilities: the calibrated loss "
+                     "and ECE are comparable.")
     return Fitted(predictor, folder / saved.model_file, saved.train_seconds, notes, plan.fit_key,
                   cluster_scores=scores)
 
@@ -200,20 +239,28 @@ def run_neural(job: Job, ds: Dataset) -> Fitted:
         folder.mkdir(parents=True, exist_ok=True)
         manifest.forget(folder)
         job.emit("stage", stage="train", images=plan.train_images)
-        run = train(plan.train_config, run_dir=folder, dataset=ds, verbose=job.verbose)
+        run = train(plan.train_config, run_dir=folder, dataset=ds, verbose=job.verbose,
+                    overwrite=True)  # the plan decided to retrain: the folder holds only our own earlier files
         manifest.write_manifest(folder, manifest.Manifest(plan.name, plan.kind, MODEL_FILE, run.model_sha256(),
                                                           run.state.train_seconds, plan.fit_key))
+    # Compare times the network as trained, and calibrates it as it does every model (not with a trust model).
+    predictor = Predictor.from_run(run, runtime="keras", trust=False)
+    if plan.adopt:
+        manifest.write_manifest(folder, plan.saved)  # --trust-folder, and it loaded: from now on it is one of ours
+    held = (f"every training image but the {plan.train_config.val} held out for calibration (its validation "
+            f"split)" if plan.train_config.val != "0" else "every training image (no validation hold-out)")
     notes = [f"{plan.description}; trained {run.state.epochs_completed} epochs with its registered "
-             f"defaults, on every training image (no validation hold-out). Training time is the sum of the "
+             f"defaults, on {held}. Training time is the sum of the "
              f"epochs' fit times; the model file includes the optimizer state."]
-    return Fitted(Predictor.from_run(run), run.model_path, run.state.train_seconds or 0.0, notes,
+    return Fitted(predictor, run.model_path, run.state.train_seconds or 0.0, notes,
                   to_json(run.config), history=run.history)
 
 
 # ---------------------------------------------------------------- scoring
 
-def score(job: Job, fitted: Fitted, test: TestSet) -> Row:
-    """Time the prediction of the test images, write the model's evaluation, return its leaderboard row."""
+def score(job: Job, fitted: Fitted, test: TestSet, calibration: CalibrationSet | None = None) -> Row:
+    """Time the prediction of the test images, calibrate the model on the calibration set, write its evaluation
+    (of the calibrated probabilities), return its leaderboard row."""
     # Here, not at the top: digitlab.evaluation imports Keras (for its diagnostics), which must wait
     # until the backend is chosen.
     from digitlab.evaluation import EvaluationContext, write_evaluation
@@ -223,19 +270,26 @@ def score(job: Job, fitted: Fitted, test: TestSet) -> Row:
     if fitted.predictor.runtime == "keras":
         fitted.predictor.predict_proba(test.x[:WARM_UP_IMAGES])  # keep graph building out of the timing
     t0 = time.perf_counter()
-    proba = fitted.predictor.predict_proba(test.x)
+    proba = fitted.predictor.predict_proba(test.x)  # the model's own probabilities
     predict_seconds = time.perf_counter() - t0
+    calibrated, method = None, None
+    if calibration is not None:
+        calibrated, method = calibrate(plan.kind, fitted.predictor.predict_proba(calibration.x), calibration.y,
+                                       proba)
 
     train_seconds = round(float(fitted.train_seconds), 3)
     extra = {"kind": plan.kind, "train_images": plan.train_images,
              "predict_seconds_per_10k": round(predict_seconds * 10_000 / n, 3),
-             "size_bytes": fitted.model_path.stat().st_size, "reused": plan.reuse, **fitted.cluster_scores}
+             "size_bytes": fitted.model_path.stat().st_size, "reused": plan.reuse, **fitted.cluster_scores,
+             "calibration": method, "ece_uncalibrated": ece(proba, test.y),
+             "ece": ece(calibrated, test.y) if calibrated is not None else None,
+             "test_loss_calibrated": nll(calibrated, test.y) if calibrated is not None else None}
     context = EvaluationContext(
         title=f"digitlab compare: {plan.name}", notes=fitted.notes,
         details={"Configuration": fitted.configuration, "Data provenance": test.dataset.provenance},
         about={"model": plan.name, "train_seconds": train_seconds}, extra=extra)
     metrics = write_evaluation(job.folder, test.y, proba, test.images, test.dataset.class_names,
-                               history=fitted.history or None, context=context)
+                               history=fitted.history or None, context=context, shown_proba=calibrated)
     low, high = wilson_interval(n - metrics.test_errors, n)
     ref = published(plan.name, test.dataset.name)
     return Row(rank=None, model=plan.name, kind=plan.kind, test_accuracy=metrics.test_accuracy,
@@ -246,4 +300,15 @@ def score(job: Job, fitted: Fitted, test: TestSet) -> Row:
                published_delta=metrics.test_accuracy - ref.accuracy if ref else None,
                published_method=ref.method if ref else "", published_source=ref.source if ref else "",
                reused=plan.reuse, test_loss=metrics.test_loss, macro_f1=metrics.macro_f1,
-               **fitted.cluster_scores, description=plan.description)
+               **fitted.cluster_scores, description=plan.description, ece=extra["ece"],
+               ece_uncalibrated=extra["ece_uncalibrated"], test_loss_calibrated=extra["test_loss_calibrated"],
+               calibration=method)
+
+
+def calibrate(kind: str, cal_proba: np.ndarray, y_cal: np.ndarray, proba: np.ndarray) -> tuple[np.ndarray, str]:
+    """`proba` calibrated by a map fitted on (cal_proba, y_cal), and the map in words: a network's by temperature
+    scaling (as `digitlab evaluate` does a run's), a classic model's by isotonic regression per class."""
+    if kind == "neural":
+        t = fit_temperature(log_proba(cal_proba), y_cal)
+        return apply_temperature(proba, t), f"temperature scaling, T = {t:.3f}"
+    return classic.fit_calibrator(cal_proba, y_cal)(proba), f"{classic.CALIBRATION} regression per class"

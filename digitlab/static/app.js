@@ -214,16 +214,27 @@ function setBars(probabilities, winner) {
   });
 }
 
+// The verdict (issue 11) is a state, not an error: "not a digit", "not sure: 7 or 1?".
+function verdictText(v) {
+  if (v.kind === "not_a_digit") return "not a digit";
+  if (v.kind === "unsure") return `not sure: ${classNames[v.best]} or ${classNames[v.runner_up]}?`;
+  return v.kind === "blank" ? "blank: draw a digit" : "";
+}
+
 function showPrediction(r) {
   countAnswer();
-  ui.digit.textContent = r.label;
-  ui.digit.dataset.digit = String(r.digit);
-  ui.confidence.textContent = `${(100 * r.probabilities[r.digit]).toFixed(1)}% sure`;
+  const kind = r.verdict ? r.verdict.kind : "digit";
+  ui.digit.dataset.verdict = kind;
+  ui.digit.textContent = kind === "not_a_digit" ? "✗" : kind === "unsure" ? `${r.label}?` : r.label;
+  if (kind === "not_a_digit") delete ui.digit.dataset.digit; else ui.digit.dataset.digit = String(r.digit);
+  const pct = `${(100 * r.probabilities[r.digit]).toFixed(1)}%`;
+  ui.confidence.textContent = kind === "not_a_digit" ? `best guess ${r.label} (${pct})` : `${pct} sure`;
   const runnerUp = r.top3[1];
-  ui.status.className = "";
+  ui.status.className = kind === "digit" ? "" : "verdict";
   delete ui.status.dataset.sample;
-  ui.status.textContent = runnerUp ? `next: ${runnerUp.label} (${(100 * runnerUp.probability).toFixed(1)}%)` : "";
-  setBars(r.probabilities, r.digit);
+  ui.status.textContent = kind !== "digit" ? verdictText(r.verdict)
+    : runnerUp ? `next: ${runnerUp.label} (${(100 * runnerUp.probability).toFixed(1)}%)` : "";
+  setBars(r.probabilities, kind === "not_a_digit" ? -1 : r.digit);  // no winner: it is not a digit
   ui.seen.src = r.image;
   const rt = r.roundTripMs ? `, ${r.roundTripMs.toFixed(0)} ms round trip` : "";
   ui.timing.textContent = `server ${r.time_ms.toFixed(1)} ms (model ${r.model_ms.toFixed(1)} ms${rt})`;
@@ -232,6 +243,7 @@ function showPrediction(r) {
 function showIdle(message) {
   ui.digit.textContent = "?";
   delete ui.digit.dataset.digit;
+  delete ui.digit.dataset.verdict;
   ui.confidence.textContent = "";
   ui.status.className = "";
   delete ui.status.dataset.sample;
@@ -248,7 +260,9 @@ function showError(err) {
   ui.confidence.textContent = "";
   setBars(null, -1);
   ui.seen.removeAttribute("src");
-  ui.status.className = "error";
+  // A blank picture is a verdict too (the API answers 422 no_digit, as `digitlab predict` reports it).
+  ui.digit.dataset.verdict = err.kind === "no_digit" ? "blank" : "error";
+  ui.status.className = err.kind === "no_digit" ? "verdict" : "error";
   delete ui.status.dataset.sample;
   ui.status.textContent = err.message || String(err);
   ui.timing.textContent = "";

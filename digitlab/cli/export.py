@@ -1,0 +1,50 @@
+"""`digitlab export RUN...`: the run's model as ONNX (and LiteRT), each checked against Keras on the test set.
+
+    digitlab export runs/20261126-071500-fastcnn-s0                  # model.onnx, then predict/serve use it
+    digitlab export runs/... --format onnx --format litert           # and model.tflite for phones
+    digitlab export runs/*-bestcnn-seeds3-s0/s*                       # several runs in one go
+
+An export is kept only if it gives Keras' top class on >= 99.99% of the test images and no probability
+differs by more than 1e-4; the figures go to the run's export.json. `digitlab train` and `digitlab
+ensemble` export ONNX by default when they finish (--no-export to skip).
+"""
+from __future__ import annotations
+
+from digitlab.export import FORMATS
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("export", help="export a run's model to ONNX (and LiteRT), checked against Keras",
+                       description="Writes model.onnx (and model.tflite) into each run, keeping a file only if it "
+                                   "matches the Keras model on the whole test set; the check goes to export.json.")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (from `digitlab train` or `ensemble`)")
+    p.add_argument("--format", dest="formats", action="append", choices=FORMATS,
+                   help="onnx (default) or litert (TF Lite); repeat for both")
+    # The converters run on TensorFlow, the backend a "conv" run gets (digitlab.export says why).
+    p.set_defaults(func=cmd_export, family=lambda args: "conv")
+
+
+def cmd_export(args) -> int:
+    from digitlab.runs import open_run
+    runs = [open_run(path) for path in args.runs]
+    export_and_print(runs, args.formats or ["onnx"])
+    return 0
+
+
+def export_and_print(runs, formats=("onnx",), dataset=None) -> None:
+    """Export `runs` and print one line per file kept; what `train` and `ensemble` call when they finish."""
+    from digitlab.export import describe, export_runs
+    for run, checks in zip(runs, export_runs(runs, formats, dataset=dataset)):
+        for check in checks.values():
+            print(f"exported:      {run.export_path(check.format)} ({check.size_bytes / 1024:,.0f} KB): "
+                  f"{describe(check)}; checked in {check.seconds:.1f} s")
+
+
+def export_after(runs, dataset=None) -> None:
+    """The ONNX export `train` and `ensemble` end with: if it fails, the error says the runs themselves are fine."""
+    from digitlab.export import ExportError
+    try:
+        export_and_print(runs, dataset=dataset)
+    except ExportError as exc:
+        raise ExportError(f"{exc}\nthe training itself is complete and evaluated: predict and serve will run the "
+                          "Keras model (--no-export skips this step)") from exc

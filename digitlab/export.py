@@ -1,0 +1,257 @@
+"""Export a run's model to ONNX (and LiteRT), keeping each file only if it answers as Keras does.
+
+    checks = export_run(open_run("runs/20261126-071500-fastcnn-s0"), formats=("onnx", "litert"))
+    checks["onnx"].same_argmax, checks["onnx"].max_abs_diff     # also in the run's export.json
+    Predictor.from_run(run)                                      # now runs on ONNX Runtime, without Keras
+
+The check: the exported model and the Keras model score the run's whole test set (10,000 images for
+MNIST); the export is kept only if they give the same top class on at least MIN_SAME_ARGMAX of the
+images and no probability differs by more than MAX_PROBA_DIFF. Either way the figures go to
+export.json; a failed export keeps no file and raises ExportError.
+
+The ONNX file has two outputs when the model ends in a Dense(softmax) head (every registered model; not an
+ensemble): the probabilities first, then the penultimate features, which the trust model's Mahalanobis
+score needs (digitlab.predictor.features_model). The features are checked too: none may differ by more
+than MAX_FEATURE_DIFF of the largest feature. LiteRT files keep the probabilities only.
+
+The converters (Keras' `model.export`: tf2onnx for ONNX, the TF Lite converter for LiteRT) run on the
+TensorFlow backend; Keras on JAX would need jax2onnx and its large dependency tree. A .keras file
+loads on either backend, so a process whose Keras runs on JAX (training a dense network) exports in a
+fresh `digitlab export` process on TensorFlow.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import io
+import os
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from digitlab.atomic import atomic_path
+from digitlab.data import Dataset, load_dataset, scale
+from digitlab.environment import versions
+from digitlab.errors import ConfigError, DigitlabError
+from digitlab.predictor import TRAIN_EXTRA, Predictor, features_model, load_keras_model
+from digitlab.runs import EXPORT_FILES, ExportCheck, Run
+from digitlab.scoring import accuracy
+
+FORMATS = tuple(EXPORT_FILES)  # ("onnx", "litert")
+MIN_SAME_ARGMAX = 0.9999  # share of test images on which the exported model must pick Keras' top class
+MAX_PROBA_DIFF = 1e-4  # largest allowed |exported - Keras| class probability, any image, any class
+MAX_FEATURE_DIFF = 1e-4  # largest allowed |exported - Keras| penultimate feature, over the largest |feature|
+EXPORT_PACKAGES = ("keras", "tensorflow-cpu", "tensorflow", "tf2onnx", "onnx", "onnxruntime", "ai-edge-litert")
+WORKER_TIMEOUT_S = 1800  # a worker slower than this is stuck: bestcnn took 13 s; a 3-member TTA ensemble, ~15x that
+
+
+class ExportError(DigitlabError):
+    """An export that failed its check, or could not be made; nothing was kept."""
+
+
+def export_run(run: Run, formats=("onnx",), dataset: Dataset | None = None) -> dict[str, ExportCheck]:
+    """Export `run`'s model.keras in each format, check it, keep it and record the check; see the module doc."""
+    return export_runs([run], formats, dataset)[0]
+
+
+def export_runs(runs: list[Run], formats=("onnx",), dataset: Dataset | None = None) -> list[dict[str, ExportCheck]]:
+    """export_run for several runs of one dataset (a --seeds group): one worker process at most, data loaded once.
+    Every run is tried; ExportError at the end names those that failed."""
+    formats = tuple(dict.fromkeys(formats))
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise ConfigError(f"unknown export format {unknown[0] if unknown else ''!r}; known: {', '.join(FORMATS)}")
+    if _keras_backend() != "tensorflow":
+        return _export_in_worker(runs, formats)
+    failures, results = [], []
+    for run in runs:
+        if dataset is None or dataset.name != run.config.dataset:
+            dataset = load_dataset(run.config.dataset)
+        try:
+            results.append(_export_checked(run, formats, dataset))
+        except ExportError as exc:
+            failures.append(str(exc))
+    if failures:
+        raise ExportError("\n".join(failures))
+    return results
+
+
+def _keras_backend() -> str:
+    try:
+        import keras
+    except ModuleNotFoundError as exc:
+        raise ExportError(f"exporting needs the training stack ({exc.name} is not installed): {TRAIN_EXTRA}") from exc
+    return keras.backend.backend()
+
+
+def _export_checked(run: Run, formats: tuple[str, ...], ds: Dataset) -> dict[str, ExportCheck]:
+    source_sha256 = run.model_sha256()  # before loading: a file replaced meanwhile makes the export stale, not wrong
+    model = load_keras_model(run.model_path)
+    x, y = scale(ds.x_test), ds.y_test.astype(int)
+    keras_predictor = Predictor.from_keras(model)
+    reference = keras_predictor.outputs(x)  # (n, classes) probabilities and (n, d) features: what the export must give
+    checks, failed = {}, []
+    for fmt in formats:
+        # ONNX also outputs the penultimate features (the trust model's Mahalanobis score); LiteRT, probabilities only
+        exported_model = (features_model(model) or model) if fmt == "onnx" else model
+        check = _export_one(run, exported_model, fmt, x, y, reference, source_sha256)
+        run.write_export(check)
+        checks[fmt] = check
+        if not check.passed:
+            failed.append(f"{run.path}: the {fmt} export failed its check against Keras and was not kept: "
+                          f"{describe(check)} (needs >= {check.min_same_argmax:.2%} and <= "
+                          f"{check.max_diff_allowed:g}); the figures are in {run.path / 'export.json'}")
+    if failed:
+        raise ExportError("\n".join(failed))
+    return checks
+
+
+def _export_one(run: Run, model, fmt: str, x: np.ndarray, y: np.ndarray, keras_out, source_sha256: str) -> ExportCheck:
+    """Convert, check and (if it passed) publish one format; the check is returned either way.
+    keras_out: predictor.Outputs of model.keras on x."""
+    reference = keras_out.proba
+    started = time.perf_counter()
+    final = run.export_path(fmt)
+    try:
+        with atomic_path(final) as tmp:  # published under its name only if the block ends without an exception
+            try:
+                _convert(model, fmt, tmp, x[:1])
+                exported = _load_exported(fmt, tmp)
+            except ModuleNotFoundError as exc:
+                raise ExportError(f"exporting to {fmt} needs {exc.name}, which is not installed: "
+                                  f"{TRAIN_EXTRA}") from exc
+            except (ValueError, RuntimeError, TypeError, OSError) as exc:  # the converters' ways of refusing
+                raise ExportError(f"{run.path}: could not convert model.keras to {fmt}: "
+                                  f"{type(exc).__name__}: {exc}") from exc
+            out = exported.outputs(x)
+            proba = out.proba
+            same = float(np.mean(proba.argmax(axis=1) == reference.argmax(axis=1)))
+            diff = float(np.max(np.abs(proba - reference)))
+            passed = bool(same >= MIN_SAME_ARGMAX and diff <= MAX_PROBA_DIFF)  # a NaN difference fails
+            feature_diff = None
+            if out.features is not None:
+                scale_ = max(float(np.max(np.abs(keras_out.features))), 1e-12)
+                feature_diff = float(np.max(np.abs(out.features - keras_out.features))) / scale_
+                passed = passed and bool(feature_diff <= MAX_FEATURE_DIFF)
+            data = tmp.read_bytes()
+            check = ExportCheck(
+                format=fmt, file=final.name, passed=passed, sha256=hashlib.sha256(data).hexdigest() if passed else None,
+                size_bytes=len(data) if passed else None, source_sha256=source_sha256, images=len(x),
+                same_argmax=same, max_abs_diff=diff, keras_accuracy=accuracy(y, reference),
+                exported_accuracy=accuracy(y, proba), min_same_argmax=MIN_SAME_ARGMAX,
+                max_diff_allowed=MAX_PROBA_DIFF, parameters=int(model.count_params()),
+                features=out.features is not None, max_feature_diff=feature_diff,
+                seconds=round(time.perf_counter() - started, 3), versions=versions(EXPORT_PACKAGES),
+                created=dt.datetime.now().isoformat(timespec="seconds"))
+            if not passed:
+                raise _Rejected(check)  # leaves the block by an exception: atomic_path deletes the file
+    except _Rejected as rejected:
+        final.unlink(missing_ok=True)  # an earlier export of this format would no longer match export.json
+        return rejected.check
+    return check
+
+
+class _Rejected(Exception):
+    def __init__(self, check: ExportCheck):
+        self.check = check
+
+
+def _convert(model, fmt: str, path: Path, sample: np.ndarray) -> None:
+    if fmt == "onnx":
+        _teach_tf2onnx_erfc()
+    # Keras prints "Saved artifact at ..." and tf2onnx warns about numpy names; a two-output model built on
+    # the saved model's input list warns that one tensor is not a list: none of it is for the user.
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model(sample)  # a model must have been called once before Keras can trace it for export
+        model.export(str(path), format=fmt, verbose=False)
+
+
+def _teach_tf2onnx_erfc() -> None:
+    """TensorFlow's exact GELU (mlp --activation gelu) computes erfc, which tf2onnx 1.17 passes through as an
+    "Erfc" node that ONNX does not have: the file would not load. Map it to 1 - Erf (ONNX opset 9); the two
+    differ by less than 1e-7 where erfc is tiny, far inside the check's tolerance."""
+    from tf2onnx import constants, utils
+    from tf2onnx.handler import tf_op
+
+    if any("Erfc" in ops for ops in tf_op.get_opsets().get(constants.ONNX_DOMAIN, [])):
+        return  # tf2onnx knows it (a later version), or we taught it already
+
+    class Erfc:
+        @classmethod
+        def version_9(cls, ctx, node, **kwargs):
+            dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(node.input[0]))
+            one = ctx.make_const(utils.make_name(f"{node.name}_one"), np.array(1, dtype=dtype))
+            erf = ctx.make_node("Erf", [node.input[0]], op_name_scope=node.name)
+            node.type = "Sub"
+            ctx.replace_inputs(node, [one.output[0], erf.output[0]])
+
+    tf_op("Erfc")(Erfc)
+
+
+def _load_exported(fmt: str, path: Path) -> Predictor:
+    if fmt == "onnx":
+        return Predictor.from_onnx(path.read_bytes(), name=path.name)
+    return _litert_predictor(path)
+
+
+def _litert_predictor(path: Path) -> Predictor:
+    """A .tflite file run by the LiteRT interpreter (ai-edge-litert if installed, else TensorFlow's copy)."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ModuleNotFoundError:
+        with warnings.catch_warnings():  # TensorFlow's copy warns that it moved to ai-edge-litert
+            warnings.simplefilter("ignore")
+            from tensorflow.lite.python.interpreter import Interpreter
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        interpreter = Interpreter(model_path=str(path))
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+
+    def forward(x: np.ndarray) -> np.ndarray:
+        interpreter.resize_tensor_input(inp["index"], list(x.shape))
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(inp["index"], x)
+        interpreter.invoke()
+        return interpreter.get_tensor(out["index"]).copy()
+
+    return Predictor(forward, name=path.name, runtime="litert")
+
+
+def describe(check: ExportCheck) -> str:
+    """One line of figures: "same top class on 10000/10000 test images, largest probability difference 7e-07"."""
+    same = round(check.same_argmax * check.images)
+    return (f"same top class on {same}/{check.images} test images ({check.same_argmax:.2%}), largest probability "
+            f"difference {check.max_abs_diff:.1g}, accuracy {check.exported_accuracy:.2%} "
+            f"(Keras {check.keras_accuracy:.2%})"
+            + ("" if check.max_feature_diff is None else
+               f", with the penultimate features (largest difference {check.max_feature_diff:.1g} of the largest)"))
+
+
+# ---------------------------------------------------------------- a worker on TensorFlow
+
+def _export_in_worker(runs: list[Run], formats: tuple[str, ...]) -> list[dict[str, ExportCheck]]:
+    """Run `digitlab export` on the TensorFlow backend in a fresh process; read back what it recorded."""
+    argv = [sys.executable, "-m", "digitlab", "export", *[str(r.path) for r in runs]]
+    argv += [a for fmt in formats for a in ("--format", fmt)]
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    try:
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=WORKER_TIMEOUT_S)
+    except subprocess.TimeoutExpired as exc:
+        raise ExportError(f"the export worker took over {WORKER_TIMEOUT_S} s and was stopped: "
+                          f"{' '.join(argv[1:])}") from exc
+    if proc.returncode != 0:
+        prefix = "digitlab: error: "
+        lines = [ln.removeprefix(prefix) for ln in proc.stderr.strip().splitlines()]
+        told = [ln for ln in lines if ln] if prefix in proc.stderr else lines[-20:]  # a crash: its traceback's end
+        raise ExportError("\n".join(told) or f"the export worker failed with exit status {proc.returncode}")
+    results = []
+    for run in runs:
+        run.__dict__.pop("exports", None)  # written by the worker
+        results.append({fmt: run.exports[fmt] for fmt in formats})
+    return results

@@ -1,0 +1,86 @@
+"""The benchmark scripts behind the README's tables keep running, and judge their goals as stated.
+
+Smoke runs on tiny settings (seconds, not the hours of the real rows); the goal checks on made-up results.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def bench_module(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while being defined
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules[spec.name]
+    return module
+
+
+def bench(script: str, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}  # each program picks its own
+    proc = subprocess.run([sys.executable, str(BENCH / script), *args], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+# ---------------------------------------------------------------- goals
+
+def test_accuracy_time_goal_is_judged_on_the_slowest_seed():
+    accuracy = bench_module("accuracy")
+    row = next(r for r in accuracy.ROWS if r.name == "fastcnn-3min")  # >= 99.5% in <= 180 s
+    # The README's measurement: the mean (174 s) is within the goal, one seed (185 s) is not.
+    measured = {"accuracy_mean": 0.9956, "train_seconds": 174.7, "train_seconds_each": [185.0, 172.0, 167.0]}
+    assert accuracy.goal_met(row, measured) == "no (slowest seed 185 s)"
+    assert accuracy.goal_met(row, {**measured, "train_seconds_each": [179.0, 172.0, 167.0]}) == "yes"
+    assert accuracy.goal_met(row, {**measured, "accuracy_mean": 0.9949}) == "no (mean accuracy 99.49%, slowest seed 185 s)"
+    no_time_goal = next(r for r in accuracy.ROWS if r.name == "mlp")
+    assert accuracy.goal_met(no_time_goal, {**measured, "accuracy_mean": 0.986}) == "yes"
+    assert accuracy.goal_met(next(r for r in accuracy.ROWS if r.name == "seed-ann"), measured) == ""
+
+
+def test_load_goal_is_p50_5_ms_and_p99_20_ms_for_paced_traffic():
+    load = bench_module("load")
+    fast = load.Result("50 clients x 10/s", paced=True, seconds=1.0, latencies_ms=[1.0] * 98 + [15.0, 19.0])
+    assert fast.goal_met() and fast.row()["goal"] == "met" and "goal p50 <= 5 ms and p99 <= 20 ms met" in fast.goal_line()
+    slow_tail = load.Result("50 clients x 10/s", paced=True, seconds=1.0, latencies_ms=[1.0] * 97 + [30.0] * 3)
+    assert not slow_tail.goal_met() and slow_tail.row()["goal"] == "NOT met"
+    slow_median = load.Result("50 clients x 10/s", paced=True, seconds=1.0, latencies_ms=[6.0] * 100)
+    assert not slow_median.goal_met()
+    with_errors = load.Result("50 clients x 10/s", paced=True, seconds=1.0, latencies_ms=[1.0] * 100, errors=1)
+    assert not with_errors.goal_met()
+    assert load.Result("16 clients x max", seconds=1.0, latencies_ms=[50.0]).row()["goal"] == "-"
+
+
+# ---------------------------------------------------------------- smoke runs
+
+@pytest.mark.slow
+def test_accuracy_bench_quick_runs_a_row(tmp_path):
+    proc = bench("accuracy.py", "--quick", "--rows", "fastcnn-30s", "--quick-train-size", "300", "--quick-epochs", "1",
+                 "--out", str(tmp_path))
+    assert "| fastcnn-30s | fastcnn |" in proc.stdout and "(quick)" in proc.stdout
+    assert "--quick: every recipe on 300 training images for 1 epochs" in proc.stdout
+    row, = json.loads((tmp_path / "results.json").read_text())
+    assert row["row"] == "fastcnn-30s" and row["seeds"] == 1 and 0.1 < row["accuracy_mean"] < 1.0
+    assert len(row["train_seconds_each"]) == 1 and row["train_seconds_each"][0] > 0
+
+
+@pytest.mark.slow
+def test_seed_bench_runs_both_programs(tmp_path):
+    proc = bench("seed.py", "--seeds", "1", "--epochs", "1", "--train-size", "500")
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
+    assert lines[0].startswith("| program | backend |")
+    tutorial, ours = lines[1:3]
+    assert tutorial.startswith("| tutorial (plain Keras) | tensorflow | 1 |") and tutorial.endswith("| 1.00 |")
+    assert ours.startswith("| digitlab train | jax | 1 |")  # the default backend for a dense network
