@@ -11,9 +11,9 @@ A template is a list of pen strokes in the template's frame: y down, figure heig
 wobble along each stroke), scales it to a height, places it centred or off-centre and draws it with a
 round pen, supersampled so the strokes are anti-aliased as in a paint app.
 
-The digit templates, `Variant`s and `draw_digit` are those of tests/test_drawn_digits.py, draw for draw:
-the same seed gives the same pictures (tests/test_nondigits.py checks it), so bench/trust.py measures the
-drawn digits that test reads.
+The digit templates, `Variant`s and `draw_digit` are the drawn-digit acceptance test's generator
+(tests/test_drawn_digits.py imports them from here), so bench/trust.py measures the drawn digits that
+test reads.
 """
 from __future__ import annotations
 

@@ -5,4 +5,4 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check digitlab tests bench
 .venv/bin/lint-imports --config pyproject.toml
-.venv/bin/python -m pytest -q -n 2 "$@"
+.venv/bin/python -m pytest -q -n 2 -rs "$@"  # -rs: every skip and its reason

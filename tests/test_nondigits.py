@@ -68,15 +68,6 @@ def test_unknown_part_is_refused():
         nondigits.split("test")
 
 
-def test_drawing_draws_what_the_drawn_digit_test_draws():
-    # digitlab.drawing is a copy of tests/test_drawn_digits.py's generator (so bench/trust.py measures those
-    # digits); this keeps the two in step until the test imports it.
-    from test_drawn_digits import drawings as test_drawings
-    for (va, da, ia), (vb, db, ib) in zip(drawing.drawings(3), test_drawings(3)):
-        assert (va, da) == (vb, db)
-        np.testing.assert_array_equal(np.asarray(ia), np.asarray(ib))
-
-
 @pytest.mark.network
 def test_fashion_mnist_is_the_far_out_of_distribution_set():
     x = nondigits.fashion_mnist_test(100)
