@@ -24,6 +24,7 @@ _SANDBOX = tempfile.mkdtemp(prefix="digitlab-tests-")
 os.environ.setdefault("DIGITLAB_STATE_DIR", os.path.join(_SANDBOX, "state"))
 os.environ.setdefault("DIGITLAB_DATA_HOME", os.path.join(_SANDBOX, "data"))
 
+USER_KERAS_BACKEND = os.environ.get("KERAS_BACKEND")  # as the session started, before any test chose one
 IN_CI = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 # Skips a CI run may keep: (substring of the reason, why it is not lost coverage).
 ALLOWED_CI_SKIPS = [
@@ -125,6 +126,11 @@ def mnist(figures):
 def digitlab_process(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
     """`python -m digitlab ARGS` in a fresh process, as a user runs it (the backend picked by main())."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    # In-process tests that call main() may have set KERAS_BACKEND in this worker; a user's process has
+    # only what the user set.
+    env.pop("KERAS_BACKEND", None)
+    if USER_KERAS_BACKEND:
+        env["KERAS_BACKEND"] = USER_KERAS_BACKEND
     proc = subprocess.run([sys.executable, "-m", "digitlab", *args], env=env, capture_output=True, text=True,
                           timeout=timeout)
     assert proc.returncode == 0, f"digitlab {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}"

@@ -6,10 +6,10 @@ in tests/test_backends.py; a real SIGINT to `digitlab train` in tests/test_signa
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
+from conftest import USER_KERAS_BACKEND
 
 from digitlab.config import TrainConfig
 from digitlab.predictor import Predictor
@@ -25,7 +25,7 @@ def test_run_directory_holds_provenance(trained_run, mnist):
     env = json.loads((path / "environment.json").read_text())
     # Trained by `digitlab train` (conftest): a dense network runs on JAX unless the user set KERAS_BACKEND.
     assert env["seed"] == 0 and "keras" in env["versions"]
-    assert env["keras_backend"] == (os.environ.get("KERAS_BACKEND") or "jax")
+    assert env["keras_backend"] == (USER_KERAS_BACKEND or "jax")
     history = trained_run.history
     assert [int(r.epoch) for r in history] == [1, 2, 3]
     assert all(r.val_accuracy is not None and r.seconds > 0 and r.lr == pytest.approx(1e-3) for r in history)
