@@ -4,6 +4,7 @@
     python bench/load.py --run runs/seed-ann --scenario 50x10 --duration 20
     python bench/load.py --run runs/seed-ann --scenario 8xmax --duration 10 --max-batch 1
     python bench/load.py --run runs/seed-ann --url http://127.0.0.1:8000 --server-pid 1234
+    python bench/load.py --run runs/seed-ann --scenario 50x10 --feedback-rate 10 --duration 30   # corrections too
 
 A scenario is CLIENTSxRATE: each client sends RATE one-digit JSON requests per second on a fixed
 schedule (random phase, so clients don't fire together), or, with `max`, sends its next request as
@@ -12,14 +13,27 @@ given here as --run, is positional there) on a free 127.0.0.1 port and stops it 
 request is one real MNIST test digit, fetched from the server's /api/sample, posted as {"pixels": 28x28}.
 
 The load generator is Python too and shares the machine's cores with the server, so it is part of
-what is measured: the table shows both processes' CPU use. Latency is measured by the client, from
-sending a request to reading the whole response; `server ms` is the server's own time_ms.
+what is measured: the table shows both processes' CPU use, and `other CPU %` what the rest of the
+machine used meanwhile (other people's work, and time the hypervisor took: with it high, latency says
+more about them than about the server). Latency is measured by the client, from sending a request to
+reading the whole response; `server ms` is the server's own time_ms.
 Bounded: at most MAX_CLIENTS clients, MAX_DURATION_S seconds per scenario, MAX_REQUESTS requests.
 
 The goal, for paced scenarios (a fixed request rate, as real users send; the README's is 50x10 = 500 req/s):
 client-measured p50 <= 5 ms and p99 <= 20 ms. Each paced scenario's row says whether it was met, and a line
 after the table says it in words; --require-goal makes a miss the exit status 3. Flat-out scenarios measure
 throughput, where latency is queueing by design: no goal.
+
+--feedback-rate R runs every scenario twice, corrections off and on (in alternating slices of 5 s or more,
+up to 4 of each, so that other work on the machine weighs on both rows alike): while the clients predict,
+FEEDBACK_SENDERS more connections POST /api/feedback, R per second between them (each a test digit and
+its true label). Each correction carries a nonce in its pixels (row 0, values 0..3: no ink worth the
+name), so that at the end every row of the feedback database is matched to the post it came from: the
+row says how many were acknowledged (200), how many of those are missing from the database (lost) and
+how many posts were stored more than once (duplicated). Without --url the server gets a temporary
+database of its own; with --url, --feedback-db names the server's, and only this run's rows are counted.
+The issue-13 goal: none lost, none stored twice, no failed post ("database is locked" or else);
+a miss is exit status 1, like a failed request.
 """
 from __future__ import annotations
 
@@ -32,6 +46,7 @@ import random
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +64,37 @@ WARMUP_REQUESTS = 200
 DIGITS = 10  # distinct test digits cycled through
 GOAL_P50_MS = 5.0  # paced scenarios: client-measured latency goals
 GOAL_P99_MS = 20.0
+FEEDBACK_SENDERS = 10  # connections posting corrections, each paced at rate / FEEDBACK_SENDERS (random phase)
+FEEDBACK_SLICES = 4  # corrections off and on alternate, in at most this many slices of each
+FEEDBACK_SLICE_S = 5.0  # seconds, at least, per slice
+NONCE_PIXELS = 24  # row 0's first pixels carry a correction's nonce, 2 bits each: 16-bit run token, 32-bit count
+
+
+@dataclass
+class FeedbackLog:
+    """The corrections posted during one scenario, and what the database holds of them afterwards."""
+    rate: float  # per second, all senders together
+    token: int  # this scenario's, in every nonce: tells its rows from anyone else's
+    sent: int = 0
+    acked: dict = field(default_factory=dict)  # nonce -> the row id the server answered
+    latencies_ms: list[float] = field(default_factory=list)
+    errors: int = 0
+    error_kinds: dict = field(default_factory=dict)
+    rows: int | None = None  # rows in the database that carry this scenario's token
+    lost: int | None = None  # acknowledged, but no row (or another id) in the database
+    duplicated: int | None = None  # rows beyond the first for one nonce
+    unacknowledged: int = 0  # stored, though the client got no 200 (a timeout): not lost, reported
+
+    def ok(self) -> bool:
+        """The goal: every post acknowledged and stored once, none lost, no error reached a client."""
+        return self.errors == 0 and self.lost == 0 and self.duplicated == 0 and self.rows == len(self.acked)
+
+    def line(self) -> str:
+        verdict = "met" if self.ok() else "NOT met"
+        return (f"corrections: {self.sent} posted, {len(self.acked)} acknowledged, {self.rows} rows in the database; "
+                f"{self.lost} lost, {self.duplicated} stored twice, {self.unacknowledged} stored unacknowledged, "
+                f"{self.errors} failed{f' {self.error_kinds}' if self.errors else ''}: "
+                f"goal (none lost or doubled, no errors) {verdict}")
 
 
 @dataclass
@@ -64,12 +110,16 @@ class Result:
     late: int = 0  # paced sends that started more than 5 ms after their slot
     server_cpu_s: float | None = None
     client_cpu_s: float = 0.0
+    other_cpu_s: float | None = None  # the machine's busy time besides server and clients: competing work
     rss_before_mb: float | None = None
     rss_after_mb: float | None = None
+    feedback: FeedbackLog | None = None  # corrections posted alongside (--feedback-rate)
 
     def row(self) -> dict:
         lat = np.asarray(self.latencies_ms) if self.latencies_ms else np.zeros(1)
         ok = len(self.latencies_ms)
+        fb = self.feedback
+        fb_lat = np.asarray(fb.latencies_ms) if fb and fb.latencies_ms else np.full(1, np.nan)
         return {
             "scenario": self.scenario, "requests": ok + self.errors, "errors": self.errors,
             "req/s": ok / self.seconds if self.seconds else 0.0,
@@ -81,8 +131,15 @@ class Result:
             "late": self.late,
             "server CPU %": 100 * self.server_cpu_s / self.seconds if self.server_cpu_s is not None else float("nan"),
             "client CPU %": 100 * self.client_cpu_s / self.seconds if self.seconds else 0.0,
+            "other CPU %": 100 * self.other_cpu_s / self.seconds if self.other_cpu_s is not None else float("nan"),
             "RSS MB before": self.rss_before_mb, "RSS MB after": self.rss_after_mb,
             "goal": ("met" if self.goal_met() else "NOT met") if self.paced else "-",
+            "corrections/s": (len(fb.acked) / self.seconds if self.seconds else 0.0) if fb else None,
+            "corr. acked": len(fb.acked) if fb else None, "corr. rows": fb.rows if fb else None,
+            "lost": fb.lost if fb else None, "doubled": fb.duplicated if fb else None,
+            "corr. errors": fb.errors if fb else None,
+            "corr. p50 ms": float(np.percentile(fb_lat, 50)) if fb else None,
+            "corr. p99 ms": float(np.percentile(fb_lat, 99)) if fb else None,
         }
 
     def goal_met(self) -> bool:
@@ -132,11 +189,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(run: str, max_batch: int | None, log_path: Path) -> tuple[subprocess.Popen, str]:
+def start_server(run: str, max_batch: int | None, log_path: Path,
+                 feedback_db: Path | None = None) -> tuple[subprocess.Popen, str]:
     port = free_port()
     cmd = [sys.executable, "-m", "digitlab", "serve", run, "--host", "127.0.0.1", "--port", str(port)]
     if max_batch:
         cmd += ["--max-batch", str(max_batch)]
+    if feedback_db:
+        cmd += ["--feedback-db", str(feedback_db)]
     log = log_path.open("w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -161,6 +221,15 @@ def stop_server(proc: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(timeout=5)
+
+
+def machine_busy_seconds() -> float | None:
+    """CPU seconds all cores have spent busy since boot (/proc/stat: everything but idle and iowait)."""
+    try:
+        ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return (sum(ticks[:8]) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # guest time is in user already
 
 
 def rss_mb(pid: int | None) -> float | None:
@@ -249,19 +318,97 @@ class Connection(asyncio.Protocol):
             self.transport.close()
 
 
-def predict_request(host: str, port: int, body: bytes) -> bytes:
-    return (f"POST /api/predict HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+def predict_request(host: str, port: int, body: bytes, path: str = "/api/predict") -> bytes:
+    return (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n\r\n").encode() + body
 
 
-def fetch_bodies(url: str) -> list[bytes]:
-    bodies = []
+def fetch_samples(url: str) -> list[tuple[list, int]]:
+    """DIGITS test digits from the server: (28x28 pixels as lists of ints, true digit)."""
+    samples = []
     with httpx.Client(base_url=url, timeout=REQUEST_TIMEOUT_S) as client:
         for i in range(DIGITS):
             r = client.get("/api/sample", params={"index": i})
             r.raise_for_status()
-            bodies.append(json.dumps({"pixels": r.json()["pixels"]}).encode())
-    return bodies
+            samples.append((r.json()["pixels"], r.json()["true_digit"]))
+    return samples
+
+
+def fetch_bodies(url: str) -> list[bytes]:
+    return [json.dumps({"pixels": pixels}).encode() for pixels, _ in fetch_samples(url)]
+
+
+# ---------------------------------------------------------------- corrections (--feedback-rate)
+
+def with_nonce(pixels: list, nonce: int) -> list:
+    """The digit with `nonce` written into row 0, 2 bits a pixel (values 0..3 of 255)."""
+    return [[(nonce >> 2 * i) & 3 for i in range(NONCE_PIXELS)] + list(pixels[0][NONCE_PIXELS:])] + list(pixels[1:])
+
+
+def nonce_of(pixels: list) -> int:
+    return sum((int(v) & 3) << 2 * i for i, v in enumerate(pixels[0][:NONCE_PIXELS]))
+
+
+def correction_body(samples, nonce: int) -> bytes:
+    pixels, label = samples[nonce % len(samples)]
+    return json.dumps({"label": label, "pixels": with_nonce(pixels, nonce)}).encode()
+
+
+async def one_correction(conn: Connection, raw: bytes, nonce: int, log: FeedbackLog) -> Connection:
+    """POST one correction and record the row id it was acknowledged with."""
+    start = time.perf_counter()
+    try:
+        status, body = await conn.request(raw)
+        elapsed = (time.perf_counter() - start) * 1e3
+        if status != 200:
+            detail = body[:200].decode(errors="replace")
+            raise RuntimeError(f"HTTP {status} {detail}")
+        row_id = int(json.loads(body)["id"])
+    except Exception as exc:  # noqa: BLE001 - every failure is counted and reported by kind
+        log.errors += 1
+        kind = str(exc) if isinstance(exc, RuntimeError) else type(exc).__name__
+        log.error_kinds[kind] = log.error_kinds.get(kind, 0) + 1
+        conn.close()
+        host, port = conn.transport.get_extra_info("peername")[:2] if conn.transport else ("127.0.0.1", 0)
+        return await Connection.open(host, port)
+    log.acked[nonce] = row_id
+    log.latencies_ms.append(elapsed)
+    return conn
+
+
+async def feedback_loop(conn: Connection, host: str, port: int, samples, log: FeedbackLog, rate: float,
+                        stop_at: float, seed: int) -> None:
+    """One sender: corrections at `rate` per second, each with the next nonce of the scenario's token."""
+    period = 1.0 / rate
+    next_at = time.perf_counter() + random.Random(seed).random() * period
+    while next_at < stop_at and log.sent < MAX_REQUESTS:
+        delay = next_at - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        next_at += period
+        nonce = log.token << 32 | log.sent
+        log.sent += 1
+        raw = predict_request(host, port, correction_body(samples, nonce), "/api/feedback")
+        conn = await one_correction(conn, raw, nonce, log)
+    conn.close()
+
+
+def audit_feedback(db: Path, log: FeedbackLog) -> None:
+    """Match the database's rows to the posts: lost, duplicated and unacknowledged rows of this token."""
+    from digitlab.feedback import FeedbackStore  # the store's own reader, not the bench's idea of its schema
+
+    stored: dict[int, list[int]] = {}  # nonce -> row ids
+    with FeedbackStore.open(db) as store:
+        for c in store.corrections():
+            if c.original_kind != "pixels" or c.original is None:
+                continue
+            nonce = nonce_of(json.loads(c.original))
+            if nonce >> 32 == log.token:
+                stored.setdefault(nonce, []).append(c.id)
+    log.rows = sum(len(ids) for ids in stored.values())
+    log.duplicated = sum(len(ids) - 1 for ids in stored.values())
+    log.lost = sum(1 for nonce, row_id in log.acked.items() if row_id not in stored.get(nonce, ()))
+    log.unacknowledged = sum(1 for nonce in stored if nonce not in log.acked)
 
 
 async def one_request(conn: Connection, raw: bytes, result: Result) -> Connection:
@@ -311,29 +458,49 @@ async def client_loop(conn, raws, rate: float, stop_at: float, budget: list[int]
     conn.close()
 
 
-async def run_scenario(url: str, bodies, clients: int, rate: float, duration: float, pid: int | None) -> Result:
+async def run_scenario(url: str, bodies, clients: int, rate: float, duration: float, pid: int | None,
+                       feedback: tuple[float, list] | None = None, into: Result | None = None) -> Result:
+    """One scenario; with feedback = (corrections per second, samples), corrections are posted alongside.
+    With `into`, a further slice of that scenario: its requests, seconds and CPU are added to it."""
     name = f"{clients} clients x {'max' if not rate else f'{rate:g}/s'}"
-    result = Result(name, paced=bool(rate))
+    result = into or Result(name, paced=bool(rate))
     host, port = urlsplit(url).hostname, urlsplit(url).port or 80
     raws = [predict_request(host, port, b) for b in bodies]
     # Every connection is open before the clock starts: the table measures requests, not handshakes.
     conns = await asyncio.gather(*(Connection.open(host, port) for _ in range(clients)))
-    result.rss_before_mb = rss_mb(pid)
-    cpu0, mine0 = cpu_seconds(pid), time.process_time()
+    senders = []
+    if feedback is not None:
+        fb_rate, samples = feedback
+        if result.feedback is None:
+            result.scenario += f" + {fb_rate:g} corrections/s"
+            result.feedback = FeedbackLog(fb_rate, token=random.randrange(1, 1 << 16))
+        senders = await asyncio.gather(*(Connection.open(host, port) for _ in range(FEEDBACK_SENDERS)))
+    if result.rss_before_mb is None:
+        result.rss_before_mb = rss_mb(pid)
+    cpu0, mine0, busy0 = cpu_seconds(pid), time.process_time(), machine_busy_seconds()
     start = time.perf_counter()
     budget = [MAX_REQUESTS]
     await asyncio.gather(*(client_loop(c, raws, rate, start + duration, budget, result, seed=i)
-                           for i, c in enumerate(conns)))
-    result.seconds = time.perf_counter() - start
-    cpu1 = cpu_seconds(pid)
-    result.server_cpu_s = cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None
-    result.client_cpu_s = time.process_time() - mine0
+                           for i, c in enumerate(conns)),
+                         *(feedback_loop(c, host, port, samples, result.feedback, fb_rate / len(senders),
+                                         start + duration, seed=10_000 + i) for i, c in enumerate(senders)))
+    result.seconds += time.perf_counter() - start
+    cpu1, mine, busy1 = cpu_seconds(pid), time.process_time() - mine0, machine_busy_seconds()
+    server = cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None
+    result.server_cpu_s = None if server is None else (result.server_cpu_s or 0.0) + server
+    result.client_cpu_s += mine
+    if None not in (busy0, busy1, server):
+        result.other_cpu_s = (result.other_cpu_s or 0.0) + max(0.0, busy1 - busy0 - server - mine)
     result.rss_after_mb = rss_mb(pid)
     return result
 
 
-async def run_all(url: str, scenarios, duration: float, pid: int | None) -> list[Result]:
-    bodies = fetch_bodies(url)
+async def run_all(url: str, scenarios, duration: float, pid: int | None, feedback_rate: float | None = None,
+                  feedback_db: Path | None = None) -> list[Result]:
+    """Each scenario in turn; with feedback_rate, each twice: corrections off and on, in alternating slices of
+    FEEDBACK_SLICE_S or more (so that other work on the machine weighs on both alike), audited in feedback_db."""
+    samples = fetch_samples(url)
+    bodies = [json.dumps({"pixels": pixels}).encode() for pixels, _ in samples]
     host, port = urlsplit(url).hostname, urlsplit(url).port or 80
     warm, conn = Result("warm-up"), await Connection.open(host, port)
     for i in range(WARMUP_REQUESTS):
@@ -341,7 +508,19 @@ async def run_all(url: str, scenarios, duration: float, pid: int | None) -> list
     conn.close()
     if warm.errors:
         raise SystemExit(f"warm-up requests failed: {warm.error_kinds}")
-    return [await run_scenario(url, bodies, clients, rate, duration, pid) for clients, rate in scenarios]
+    results = []
+    for clients, rate in scenarios:
+        if not feedback_rate:
+            results.append(await run_scenario(url, bodies, clients, rate, duration, pid))
+            continue
+        off = on = None
+        slices = max(1, min(FEEDBACK_SLICES, int(duration // FEEDBACK_SLICE_S)))
+        for _ in range(slices):
+            off = await run_scenario(url, bodies, clients, rate, duration / slices, pid, into=off)
+            on = await run_scenario(url, bodies, clients, rate, duration / slices, pid, (feedback_rate, samples), on)
+        audit_feedback(feedback_db, on.feedback)
+        results += [off, on]
+    return results
 
 
 # ---------------------------------------------------------------- report
@@ -380,6 +559,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="CLIENTSxRATE, repeatable (default: 50x10 then 16xmax)")
     p.add_argument("--duration", type=float, default=20.0, help=f"seconds per scenario (at most {MAX_DURATION_S:.0f})")
     p.add_argument("--max-batch", dest="max_batch", type=int, help="passed to `digitlab serve` (default: its own)")
+    p.add_argument("--feedback-rate", dest="feedback_rate", type=float,
+                   help="run each scenario twice, the second time with this many corrections per second "
+                        "POSTed to /api/feedback, and check that none is lost or stored twice")
+    p.add_argument("--feedback-db", dest="feedback_db", type=Path,
+                   help="with --url and --feedback-rate: the server's feedback database, to audit "
+                        "(without --url the server gets a temporary one)")
     p.add_argument("--json", dest="json_out", help="also write the rows to this JSON file")
     p.add_argument("--require-goal", action="store_true",
                    help=f"exit with status 3 when a paced scenario misses p50 <= {GOAL_P50_MS:g} ms, "
@@ -388,24 +573,34 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 < args.duration <= MAX_DURATION_S:
         p.error(f"--duration must be in (0, {MAX_DURATION_S:.0f}]")
     scenarios = args.scenario or [parse_scenario("50x10"), parse_scenario("16xmax")]
+    if args.feedback_rate is not None and not 0 < args.feedback_rate <= 1000:
+        p.error("--feedback-rate must be in (0, 1000] corrections per second")
+    if args.feedback_rate and args.url and not args.feedback_db:
+        p.error("--feedback-rate with --url needs --feedback-db, the server's database, to count the rows in")
     if not Path(args.run).is_dir():
         p.error(f"{args.run} is not a run directory (train one with `digitlab train`)")
 
     proc = None
+    scratch = tempfile.TemporaryDirectory(prefix="digitlab-load-")  # the server's feedback database, unless --url
     try:
+        feedback_db = args.feedback_db
         if args.url:
             url, pid = require_loopback(args.url), args.server_pid
         else:
             log = Path(os.environ.get("TMPDIR", "/tmp")) / f"digitlab-load-server-{os.getpid()}.log"
             print(f"starting `digitlab serve {args.run}` (log: {log})", flush=True)
-            proc, url = start_server(args.run, args.max_batch, log)
+            if args.feedback_rate:
+                feedback_db = Path(scratch.name) / "feedback.sqlite"
+            proc, url = start_server(args.run, args.max_batch, log, feedback_db)
             pid = proc.pid
-        print(f"target {url}; {len(scenarios)} scenario(s) of {args.duration:g} s; {os.cpu_count()} CPUs shared "
-              f"by server and clients; load average {os.getloadavg()[0]:.2f} (other work competes)", flush=True)
-        results = _event_loop_runner()(run_all(url, scenarios, args.duration, pid))
+        modes = 2 if args.feedback_rate else 1
+        print(f"target {url}; {len(scenarios) * modes} scenario(s) of {args.duration:g} s; {os.cpu_count()} CPUs "
+              f"shared by server and clients; load average {os.getloadavg()[0]:.2f} (other work competes)", flush=True)
+        results = _event_loop_runner()(run_all(url, scenarios, args.duration, pid, args.feedback_rate, feedback_db))
     finally:
         if proc is not None:
             stop_server(proc)
+        scratch.cleanup()
     rows = [r.row() for r in results]
     print(format_table(rows))
     for r in results:
@@ -413,9 +608,12 @@ def main(argv: list[str] | None = None) -> int:
             print(r.goal_line())
         if r.errors:
             print(f"{r.scenario}: errors {r.error_kinds}")
+        if r.feedback:
+            print(f"{r.scenario}: {r.feedback.line()}")
+    print(f"load average at the end {os.getloadavg()[0]:.2f}")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(rows, indent=2))
-    if any(r.errors for r in results):
+    if any(r.errors or (r.feedback and not r.feedback.ok()) for r in results):
         return 1
     return 3 if args.require_goal and not all(r.goal_met() for r in results if r.paced) else 0
 

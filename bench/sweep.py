@@ -21,7 +21,8 @@ from pathlib import Path
 
 from digitlab.runs import Run
 
-SPACE = ["lr=loguniform:3e-4:1e-2", "dropout=uniform:0:0.5", "hidden=choice:128,256,512",
+# The registered recipe's 1024x1024 is in the space, so the sweep can find at least what the recipe gets.
+SPACE = ["lr=loguniform:3e-4:1e-2", "dropout=uniform:0:0.5", "hidden=choice:256,512,1024,512x512,1024x1024",
          "label_smoothing=uniform:0:0.2"]
 
 

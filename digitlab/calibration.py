@@ -21,9 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import log_softmax, softmax
 
-from digitlab.scoring import log_loss
+from digitlab.scoring import log_loss, log_softmax_rows, softmax_rows
 
 ECE_BINS = 15  # equal-width bins of the top probability (Guo et al. 2017)
 TEMPERATURE_BOUNDS = (0.05, 20.0)  # the search range for T; a fit at a bound means the scores are odd
@@ -37,7 +36,7 @@ def log_proba(proba: np.ndarray) -> np.ndarray:
 
 def softmax_t(logits: np.ndarray, temperature: float) -> np.ndarray:
     """softmax(logits / T) row by row, in float64."""
-    return softmax(np.asarray(logits, dtype=np.float64) / temperature, axis=1)
+    return softmax_rows(np.asarray(logits, dtype=np.float64) / temperature)
 
 
 def apply_temperature(proba: np.ndarray, temperature: float) -> np.ndarray:
@@ -58,7 +57,7 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray, bounds: tuple[float, floa
     rows = np.arange(len(y))
 
     def nll(log_t: float) -> float:
-        return float(-np.mean(log_softmax(z / np.exp(log_t), axis=1)[rows, y]))
+        return float(-np.mean(log_softmax_rows(z / np.exp(log_t))[rows, y]))
 
     lo, hi = np.log(bounds[0]), np.log(bounds[1])
     result = minimize_scalar(nll, bounds=(lo, hi), method="bounded", options={"xatol": 1e-4})

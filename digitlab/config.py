@@ -58,6 +58,9 @@ class TrainConfig:
     # ---- speed
     jit_compile: bool = False  # XLA-compile the train step (TensorFlow; JAX always compiles)
     mixed_precision: bool = False  # bfloat16 arithmetic, float32 weights (measured ~1.1x faster for fastcnn here)
+    # scan: one compiled JAX program per epoch (digitlab.engines) | fit: Keras' fit, the tutorial's loop |
+    # auto: scan where it can run (JAX, no Keras callbacks, one device); a run's config records which ran
+    engine: str = "auto"
 
 
 def field_types(cls) -> dict[str, type]:
@@ -108,6 +111,7 @@ CHOICES = {  # fields with a closed set of values, checked by validate()
     "optimizer": ("adam", "adamw", "sgd", "rmsprop"),
     "schedule": ("constant", "step", "cosine", "onecycle"),
     "monitor": ("val_loss", "val_accuracy", "loss", "accuracy"),
+    "engine": ("auto", "scan", "fit"),
 }
 
 

@@ -18,6 +18,7 @@ import keras
 import matplotlib.pyplot as plt
 import numpy as np
 
+from digitlab import plots
 from digitlab.data import IMAGE_SIZE
 from digitlab.pages import esc as _e
 from digitlab.pages import img as _img
@@ -229,14 +230,13 @@ def first_layer_png(first: dict | None) -> bytes | None:
         return None
     w = first["weights"][:FIRST_LAYER_UNITS]
     cols = 8 if first["kind"] == "dense" else min(8, len(w))
+    # each unit on its own symmetric scale: white is 0, whatever the unit's scale
+    tiles = [np.asarray(img, dtype=np.float32) / (float(np.abs(img).max()) or 1.0) for img in w]
+    mosaic, _ = plots.tile_mosaic(tiles, cols, gap=(3, 3))
     rows = int(np.ceil(len(w) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.2, rows * 1.2), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, img in zip(axes.flat, w):
-        lim = float(np.abs(img).max()) or 1.0  # symmetric: white is 0, whatever the unit's scale
-        ax.imshow(img, cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
-    fig.tight_layout()
+    fig, ax = plt.subplots(figsize=(cols * 1.2, rows * 1.2))
+    ax.imshow(mosaic, cmap=plots.white_gaps("RdBu_r"), vmin=-1, vmax=1, interpolation="nearest")
+    ax.axis("off")
     return figure_png(fig)
 
 

@@ -374,7 +374,7 @@ def _seed(run: Run) -> int:
 @functools.cache
 def nondigit_set(part: str) -> nondigits.NonDigitSet:
     """A part of the project's non-digit set, drawn once per process (a --seeds group evaluates several runs)."""
-    return nondigits.split(part, per_kind=NONDIGITS_PER_KIND)
+    return nondigits.cached_split(part, per_kind=NONDIGITS_PER_KIND)
 
 
 def fashion_test() -> np.ndarray | None:

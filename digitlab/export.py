@@ -14,10 +14,12 @@ ensemble): the probabilities first, then the penultimate features, which the tru
 score needs (digitlab.predictor.features_model). The features are checked too: none may differ by more
 than MAX_FEATURE_DIFF of the largest feature. LiteRT files keep the probabilities only.
 
-The converters (Keras' `model.export`: tf2onnx for ONNX, the TF Lite converter for LiteRT) run on the
-TensorFlow backend; Keras on JAX would need jax2onnx and its large dependency tree. A .keras file
-loads on either backend, so a process whose Keras runs on JAX (training a dense network) exports in a
-fresh `digitlab export` process on TensorFlow.
+Who converts: a chain of dense layers (seed-ann, mlp) is written to ONNX directly by digitlab.onnx_writer, in
+this process, whatever the backend. Everything else goes through Keras' `model.export` (tf2onnx for ONNX, the
+TF Lite converter for LiteRT), which runs on the TensorFlow backend only (Keras on JAX would need jax2onnx and
+its large dependency tree); a .keras file loads on either backend, so a process whose Keras runs on JAX exports
+those in a fresh `digitlab export` process on TensorFlow (ExportWorker; `start_export` starts it early, so
+that `digitlab train` evaluates while it converts). export.json records which converter made each file.
 """
 from __future__ import annotations
 
@@ -62,12 +64,9 @@ def export_run(run: Run, formats=("onnx",), dataset: Dataset | None = None) -> d
 def export_runs(runs: list[Run], formats=("onnx",), dataset: Dataset | None = None) -> list[dict[str, ExportCheck]]:
     """export_run for several runs of one dataset (a --seeds group): one worker process at most, data loaded once.
     Every run is tried; ExportError at the end names those that failed."""
-    formats = tuple(dict.fromkeys(formats))
-    unknown = [f for f in formats if f not in FORMATS]
-    if unknown or not formats:
-        raise ConfigError(f"unknown export format {unknown[0] if unknown else ''!r}; known: {', '.join(FORMATS)}")
-    if _keras_backend() != "tensorflow":
-        return _export_in_worker(runs, formats)
+    formats = _known(formats)
+    if _needs_worker(runs, formats):
+        return ExportWorker(runs, formats).result()
     failures, results = [], []
     for run in runs:
         if dataset is None or dataset.name != run.config.dataset:
@@ -79,6 +78,38 @@ def export_runs(runs: list[Run], formats=("onnx",), dataset: Dataset | None = No
     if failures:
         raise ExportError("\n".join(failures))
     return results
+
+
+def start_export(runs: list[Run], formats=("onnx",)) -> ExportWorker | None:
+    """Where export_runs would use a worker process (Keras not on TensorFlow), start it now and return it, so that
+    it converts while this process goes on (train evaluates meanwhile); None where the export runs in-process."""
+    formats = _known(formats)
+    return ExportWorker(runs, formats) if _needs_worker(runs, formats) else None
+
+
+def _needs_worker(runs: list[Run], formats: tuple[str, ...]) -> bool:
+    """Whether the export must run in a process on TensorFlow: Keras runs on another backend here, and some run
+    needs Keras' converters (a format other than ONNX, or a model onnx_writer does not write)."""
+    from digitlab.onnx_writer import dense_chain_onnx  # here: onnx is in the training extra, like Keras
+    if _keras_backend() == "tensorflow":
+        return False
+    if formats != ("onnx",):
+        return True
+    for run in runs:
+        try:
+            if dense_chain_onnx(load_keras_model(run.model_path)) is None:
+                return True
+        except DigitlabError:
+            return True  # the worker reports it, as for any export
+    return False
+
+
+def _known(formats) -> tuple[str, ...]:
+    formats = tuple(dict.fromkeys(formats))
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise ConfigError(f"unknown export format {unknown[0] if unknown else ''!r}; known: {', '.join(FORMATS)}")
+    return formats
 
 
 def _keras_backend() -> str:
@@ -95,11 +126,14 @@ def _export_checked(run: Run, formats: tuple[str, ...], ds: Dataset) -> dict[str
     x, y = scale(ds.x_test), ds.y_test.astype(int)
     keras_predictor = Predictor.from_keras(model)
     reference = keras_predictor.outputs(x)  # (n, classes) probabilities and (n, d) features: what the export must give
+    from digitlab.onnx_writer import dense_chain_onnx
     checks, failed = {}, []
+    written = dense_chain_onnx(model) if "onnx" in formats else None  # a dense chain: no converter needed
     for fmt in formats:
         # ONNX also outputs the penultimate features (the trust model's Mahalanobis score); LiteRT, probabilities only
         exported_model = (features_model(model) or model) if fmt == "onnx" else model
-        check = _export_one(run, exported_model, fmt, x, y, reference, source_sha256)
+        check = _export_one(run, exported_model, fmt, (x, y), (reference, source_sha256),
+                            written if fmt == "onnx" else None)
         run.write_export(check)
         checks[fmt] = check
         if not check.passed:
@@ -111,16 +145,21 @@ def _export_checked(run: Run, formats: tuple[str, ...], ds: Dataset) -> dict[str
     return checks
 
 
-def _export_one(run: Run, model, fmt: str, x: np.ndarray, y: np.ndarray, keras_out, source_sha256: str) -> ExportCheck:
-    """Convert, check and (if it passed) publish one format; the check is returned either way.
-    keras_out: predictor.Outputs of model.keras on x."""
+def _export_one(run: Run, model, fmt: str, test: tuple[np.ndarray, np.ndarray], source: tuple,
+                written: bytes | None = None) -> ExportCheck:
+    """Convert (or take `written`, the file's bytes made already), check and (if it passed) publish one format; the
+    check is returned either way. test: (x, y); source: (predictor.Outputs of model.keras on x, its SHA-256)."""
+    (x, y), (keras_out, source_sha256) = test, source
     reference = keras_out.proba
     started = time.perf_counter()
     final = run.export_path(fmt)
     try:
         with atomic_path(final) as tmp:  # published under its name only if the block ends without an exception
             try:
-                _convert(model, fmt, tmp, x[:1])
+                if written is None:
+                    _convert(model, fmt, tmp, x[:1])
+                else:
+                    tmp.write_bytes(written)
                 exported = _load_exported(fmt, tmp)
             except ModuleNotFoundError as exc:
                 raise ExportError(f"exporting to {fmt} needs {exc.name}, which is not installed: "
@@ -147,7 +186,8 @@ def _export_one(run: Run, model, fmt: str, x: np.ndarray, y: np.ndarray, keras_o
                 max_diff_allowed=MAX_PROBA_DIFF, parameters=int(model.count_params()),
                 features=out.features is not None, max_feature_diff=feature_diff,
                 seconds=round(time.perf_counter() - started, 3), versions=versions(EXPORT_PACKAGES),
-                created=dt.datetime.now().isoformat(timespec="seconds"))
+                created=dt.datetime.now().isoformat(timespec="seconds"),
+                converter="keras" if written is None else "onnx_writer")
             if not passed:
                 raise _Rejected(check)  # leaves the block by an exception: atomic_path deletes the file
     except _Rejected as rejected:
@@ -235,23 +275,42 @@ def describe(check: ExportCheck) -> str:
 
 # ---------------------------------------------------------------- a worker on TensorFlow
 
-def _export_in_worker(runs: list[Run], formats: tuple[str, ...]) -> list[dict[str, ExportCheck]]:
-    """Run `digitlab export` on the TensorFlow backend in a fresh process; read back what it recorded."""
-    argv = [sys.executable, "-m", "digitlab", "export", *[str(r.path) for r in runs]]
-    argv += [a for fmt in formats for a in ("--format", fmt)]
-    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    try:
-        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=WORKER_TIMEOUT_S)
-    except subprocess.TimeoutExpired as exc:
-        raise ExportError(f"the export worker took over {WORKER_TIMEOUT_S} s and was stopped: "
-                          f"{' '.join(argv[1:])}") from exc
-    if proc.returncode != 0:
-        prefix = "digitlab: error: "
-        lines = [ln.removeprefix(prefix) for ln in proc.stderr.strip().splitlines()]
-        told = [ln for ln in lines if ln] if prefix in proc.stderr else lines[-20:]  # a crash: its traceback's end
-        raise ExportError("\n".join(told) or f"the export worker failed with exit status {proc.returncode}")
-    results = []
-    for run in runs:
-        run.__dict__.pop("exports", None)  # written by the worker
-        results.append({fmt: run.exports[fmt] for fmt in formats})
-    return results
+class ExportWorker:
+    """`digitlab export` on the TensorFlow backend in a fresh process, started at once; result() waits for it and
+    reads back what it recorded. Leaving a `with` block without result() stops it (an interrupted command)."""
+
+    def __init__(self, runs: list[Run], formats: tuple[str, ...]):
+        self.runs, self.formats = runs, formats
+        self.argv = [sys.executable, "-m", "digitlab", "export", *[str(r.path) for r in runs]]
+        self.argv += [a for fmt in formats for a in ("--format", fmt)]
+        env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "2"}
+        self.proc = subprocess.Popen(self.argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def __enter__(self) -> ExportWorker:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()  # its files are written atomically: a killed export leaves none half-written
+            self.proc.communicate()
+
+    def result(self) -> list[dict[str, ExportCheck]]:
+        try:
+            _, stderr = self.proc.communicate(timeout=WORKER_TIMEOUT_S)
+        except subprocess.TimeoutExpired as exc:
+            self.stop()
+            raise ExportError(f"the export worker took over {WORKER_TIMEOUT_S} s and was stopped: "
+                              f"{' '.join(self.argv[1:])}") from exc
+        if self.proc.returncode != 0:
+            prefix = "digitlab: error: "
+            lines = [ln.removeprefix(prefix) for ln in stderr.strip().splitlines()]
+            told = [ln for ln in lines if ln] if prefix in stderr else lines[-20:]  # a crash: its traceback's end
+            raise ExportError("\n".join(told) or f"the export worker failed with exit status {self.proc.returncode}")
+        results = []
+        for run in self.runs:
+            run.__dict__.pop("exports", None)  # written by the worker
+            results.append({fmt: run.exports[fmt] for fmt in self.formats})
+        return results

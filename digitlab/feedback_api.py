@@ -18,12 +18,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import json
 import threading
 import time
+from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
@@ -33,9 +35,41 @@ from digitlab.feedback import MAX_ORIGINAL_BYTES, Correction, FeedbackStore
 
 MAX_FEEDBACK_BODY = MAX_ORIGINAL_BYTES * 4 // 3 + 64 * 1024  # the original, base64'd, and the JSON around it
 
-# Out of the OpenAPI document for now: tests/test_fuzz_api.py fuzzes every documented operation against the
-# user's default database; it is to list these three, with a temporary database, before they are documented.
-router = APIRouter(include_in_schema=False)
+MAX_ROW_ID = 2**63 - 1  # SQLite's largest integer: a larger id is a 422, not an overflow
+router = APIRouter()  # in the OpenAPI document: tests/test_fuzz_api.py fuzzes these with a temporary database
+
+Rows = functools.partial(Field, min_length=pp.SIZE, max_length=pp.SIZE)  # as /api/predict's pixels
+Pixels01 = Annotated[list[Annotated[list[Annotated[float, Field(ge=0, le=1)]], Rows()]], Rows()]
+Pixels255 = Annotated[list[Annotated[list[Annotated[int, Field(ge=0, le=255)]], Rows()]], Rows()]
+
+
+# Documentation only (the request body's two forms): parse_feedback reads the body, and says what is wrong.
+class PixelsFeedback(BaseModel):
+    label: int = Field(ge=0, le=9, description="the digit it really is")
+    pixels: Pixels01 | Pixels255 = Field(
+        description="the digit as /api/predict takes it: 28x28, floats in [0, 1] or integers 0..255")
+
+
+class ImageFeedback(BaseModel):
+    label: int = Field(ge=0, le=9, description="the digit it really is")
+    image: str = Field(description=f"an image file's bytes (at most {MAX_ORIGINAL_BYTES}), base64, "
+                                   "or as a data: URL; normalised as /api/predict does")
+
+
+FEEDBACK_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
+    "oneOf": [PixelsFeedback.model_json_schema(), ImageFeedback.model_json_schema()]}}}}}
+
+
+class FeedbackErrorResponse(BaseModel):
+    error: str = Field(description="a short machine-readable kind, e.g. bad_label, no_image, too_large")
+    detail: str = Field(description="what was wrong and how to fix it")
+
+
+def _errors(*codes: tuple[int, str]) -> dict:
+    return {code: {"model": FeedbackErrorResponse, "description": why} for code, why in codes}
+
+
+UNAVAILABLE = (503, "the feedback database cannot be opened or written (the detail says why and what to do)")
 
 
 class FeedbackAck(BaseModel):
@@ -51,6 +85,10 @@ class FeedbackStats(BaseModel):
     per_label: dict[str, int] = Field(description="corrections per label, '0'..'9'")
     model_correct: int
     model_accuracy: float | None = Field(description="share of the corrections the model already read right")
+
+
+class FeedbackDeleted(BaseModel):
+    deleted: int = Field(description="the id of the correction removed")
 
 
 class FeedbackError(Exception):
@@ -125,7 +163,12 @@ def parse_feedback(body: bytes) -> tuple[int, str, object]:
         raise FeedbackError(422, "no_image", 'send the digit as "image" (base64 image bytes, or a data: URL) '
                             'or as "pixels" (28 rows of 28 numbers), one of the two')
     if "pixels" in doc:
-        return label, "pixels", doc["pixels"]
+        pixels = doc["pixels"]
+        rows = pixels if isinstance(pixels, list) else []
+        if any(isinstance(v, bool) for row in rows if isinstance(row, list) for v in row):  # JSON true is not 1
+            raise FeedbackError(422, "bad_image", '"pixels" holds true/false: send numbers, floats in [0, 1] or '
+                                "integers 0..255 (as /api/predict takes them)")
+        return label, "pixels", pixels
     image = doc["image"]
     if not isinstance(image, str):
         raise FeedbackError(422, "bad_image", '"image" must be a string: base64 image bytes or a data: URL')
@@ -140,7 +183,13 @@ def parse_feedback(body: bytes) -> tuple[int, str, object]:
     return label, "image", data
 
 
-@router.post("/api/feedback", response_model=FeedbackAck,
+@router.post("/api/feedback", response_model=FeedbackAck, openapi_extra=FEEDBACK_BODY,
+             responses=_errors((400, "the body is not valid JSON"),
+                               (413, f"the body or the image is over the limits ({MAX_ORIGINAL_BYTES} bytes kept)"),
+                               (422, "a label that is not 0..9, no image (or both), an unreadable image or pixels"),
+                               (500, "the model gave no valid answer (details in the server log)"),
+                               (503, "the database cannot be written, or the server holds as many request "
+                                     "bodies as it may: retry")),
              summary="Store a correction: the digit as sent, what the model saw and said, and the true label")
 async def post_feedback(request: Request):
     started = time.perf_counter()
@@ -175,7 +224,7 @@ async def post_feedback(request: Request):
                        model_sha256=sha)
 
 
-@router.get("/api/feedback/stats", response_model=FeedbackStats,
+@router.get("/api/feedback/stats", response_model=FeedbackStats, responses=_errors(UNAVAILABLE),
             summary="Corrections per label, and the model's accuracy on them")
 async def feedback_stats(request: Request):
     try:
@@ -186,12 +235,16 @@ async def feedback_stats(request: Request):
                          model_correct=stats.model_correct, model_accuracy=stats.model_accuracy)
 
 
-@router.delete("/api/feedback/{row_id}", summary="Remove one correction (the id POST /api/feedback answered)")
-async def delete_feedback(row_id: int, request: Request):
+@router.delete("/api/feedback/{row_id}", response_model=FeedbackDeleted,
+               responses=_errors((404, "no correction with that id"),
+                                 (422, f"the id is not an integer 1..{MAX_ROW_ID}"), UNAVAILABLE),
+               summary="Remove one correction (the id POST /api/feedback answered)")
+async def delete_feedback(request: Request, row_id: int = Path(ge=1, le=MAX_ROW_ID,
+                                                               description="the id POST /api/feedback answered")):
     try:
         gone = await asyncio.to_thread(lambda: store_of(request.app).delete(row_id))
     except DataError as exc:
         return FeedbackError(503, "feedback_unavailable", str(exc)).response()
     if not gone:
         return FeedbackError(404, "not_found", f"no correction with id {row_id}").response()
-    return {"deleted": row_id}
+    return FeedbackDeleted(deleted=row_id)

@@ -23,9 +23,11 @@ them (NoInkError), and that is the `blank` verdict, decided before any model run
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import math
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +36,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
-from digitlab.data import load_dataset, scale
+from digitlab.atomic import atomic_path
+from digitlab.data import default_cache_dir, load_dataset, scale
 from digitlab.drawing import (
     DIGITS,
     LETTERS,
@@ -131,6 +134,29 @@ def split(part: str = "fit", per_kind: int = DEFAULT_PER_KIND, seed: int = 0) ->
     x = np.stack([x28 for *_, x28 in drawn]) if drawn else np.zeros((0, 28, 28), np.float32)
     return NonDigitSet(x, tuple(d[0] for d in drawn), tuple(d[1] for d in drawn), part, seed, GENERATOR_VERSION,
                        tuple(font_names()))
+
+
+def cached_split(part: str = "fit", per_kind: int = DEFAULT_PER_KIND, seed: int = 0,
+                 cache_dir: Path | None = None) -> NonDigitSet:
+    """split(), kept in the data cache (default_cache_dir()) after the first time: drawing a part takes about 2 s of
+    every evaluation, and a set is a pure function of its key. The file holds the images' SHA-256 and is used only if
+    they still have it and the fonts are the same; otherwise the part is drawn again (and the cache rewritten)."""
+    fonts = tuple(font_names())
+    path = (cache_dir or default_cache_dir()) / f"nondigits-v{GENERATOR_VERSION}-{part}-{per_kind}-s{seed}.npz"
+    # no pickles: a cache file is data, never code
+    with contextlib.suppress(OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError), \
+            np.load(path, allow_pickle=False) as f:
+        cached = NonDigitSet(f["x"], tuple(f["kinds"].tolist()), tuple(f["labels"].tolist()), part, seed,
+                             GENERATOR_VERSION, tuple(f["fonts"].tolist()))
+        if cached.fonts == fonts and cached.sha256 == str(f["sha256"]):
+            return cached
+    fresh = split(part, per_kind, seed)
+    with contextlib.suppress(OSError):  # a cache that can't be written costs time, not the evaluation
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path, suffix=".npz") as tmp:
+            np.savez(tmp, x=fresh.x, kinds=np.array(fresh.kinds), labels=np.array(fresh.labels),
+                     fonts=np.array(fresh.fonts), sha256=np.array(fresh.sha256))
+    return fresh
 
 
 def pictures(part: str = "fit", per_kind: int = DEFAULT_PER_KIND,

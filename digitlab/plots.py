@@ -77,17 +77,41 @@ def digit_grid_png(images, titles, cols: int = 10, title: str | None = None) -> 
         ax.axis("off")
         ax.text(0.5, 0.5, "nothing to show", ha="center", va="center")
         return figure_png(fig)
-    rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.3, rows * 1.75), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, img, t in zip(axes.flat, images, titles):
-        ax.imshow(img, cmap="gray", vmin=0, vmax=255 if np.asarray(img).dtype == np.uint8 else 1)
-        ax.set_title(t, fontsize=8)
+    scaled = [np.asarray(img, dtype=np.float32) / (255.0 if np.asarray(img).dtype == np.uint8 else 1.0)
+              for img in images]
+    lines = max(str(t).count("\n") + 1 for t in titles)
+    mosaic, centres = tile_mosaic(scaled, cols, gap=(16, 4 + 7 * lines))  # room for each title above its tile
+    width = cols * 1.3  # inches; the height follows the mosaic's shape (imshow keeps square pixels)
+    fig, ax = plt.subplots(figsize=(width, width * mosaic.shape[0] / mosaic.shape[1] + (0.4 if title else 0)))
+    ax.imshow(mosaic, cmap=white_gaps("gray"), vmin=0, vmax=1, interpolation="nearest")
+    for (x, y_top), t in zip(centres, titles):
+        ax.text(x, y_top - 2, t, ha="center", va="bottom", fontsize=8)
+    ax.axis("off")
     if title:
-        fig.suptitle(title)
-    fig.tight_layout()
+        ax.set_title(title)
     return figure_png(fig)
+
+
+def tile_mosaic(tiles: list[np.ndarray], cols: int, gap: tuple[int, int] = (4, 4)):
+    """The tiles in one image, `cols` a row, NaN between them (drawn white), and each tile's (centre x, top y).
+
+    One image with text beside it draws in a tenth of the time of one axes per tile (a grid of 40 digits took
+    about 1 s that way), and reads the same."""
+    h, w = tiles[0].shape
+    gx, gy = gap
+    rows = (len(tiles) + cols - 1) // cols
+    mosaic = np.full((gy + rows * (h + gy), gx + cols * (w + gx)), np.nan, dtype=np.float32)
+    centres = []
+    for i, tile in enumerate(tiles):
+        top, left = gy + (i // cols) * (h + gy), gx + (i % cols) * (w + gx)
+        mosaic[top:top + h, left:left + w] = tile
+        centres.append((left + (w - 1) / 2, top - 0.5))
+    return mosaic, centres
+
+
+def white_gaps(name: str):
+    """Matplotlib's colour map `name`, drawing NaN (the gaps of a tile_mosaic) white."""
+    return plt.get_cmap(name).with_extremes(bad="white")
 
 
 def misclassified_png(x, y_true, proba, order, class_names, limit: int = 40) -> bytes:

@@ -25,6 +25,7 @@ import copy
 import hashlib
 import logging
 import os
+import sys
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -302,11 +303,28 @@ def load_keras_model(path: str | Path):
                              f"installed): {TRAIN_EXTRA}, or export the run to ONNX where Keras is installed "
                              "(`digitlab export RUN`)") from exc
 
+    keep_tensorflow_unimported()
     path = Path(path)
     try:
         return keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as exc:  # Keras and h5py raise ValueError, OSError, JSONDecodeError, KeyError...
         raise ModelLoadError(unloadable_message(path, exc)) from exc
+
+
+def keep_tensorflow_unimported() -> None:
+    """Keras asks its lazy `tf.available` before checking whether an object is a TensorFlow one (reading a layer's
+    config, saving, seeding); that imports TensorFlow whenever it is installed: 1.8 s and 500 MB in a process whose
+    Keras runs on JAX. No TensorFlow object exists before TensorFlow is imported, so until then the answer is no."""
+    import keras
+    from keras.src.utils import module_utils
+
+    class TensorflowOnceImported(module_utils.LazyModule):
+        @property
+        def available(self):
+            return "tensorflow" in sys.modules and super().available
+
+    if keras.backend.backend() != "tensorflow" and type(module_utils.tensorflow) is module_utils.LazyModule:
+        module_utils.tensorflow.__class__ = TensorflowOnceImported  # the one object every Keras module shares
 
 
 def unloadable_message(path: Path, exc: Exception) -> str:

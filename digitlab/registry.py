@@ -89,9 +89,10 @@ def check_params(name: str, params: dict) -> None:
 
 
 def int_list(value, name: str) -> list[int]:
-    """512,256 / [512, 256] / 512 -> [512, 256] / [512]."""
+    """512,256 / 512x256 / [512, 256] / 512 -> [512, 256] / [512]. ("512x256" is one value where commas already
+    separate values, as in a sweep's hidden=choice:256,512x256.)"""
     if isinstance(value, str):
-        value = [v for v in value.replace(" ", "").split(",") if v]
+        value = [v for v in value.replace(" ", "").replace("x", ",").split(",") if v]
     if isinstance(value, (int, float)):
         value = [value]
     try:

@@ -99,6 +99,15 @@ class DataInfo:
 
 
 @dataclass(frozen=True)
+class Distribution:
+    """How a run was trained over several devices or processes (digitlab.distribute); config.json's
+    optional "distribution" object, absent for a run trained without --devices or --coordinator."""
+    strategy: str  # "data-parallel": weights replicated, each global batch split over the devices
+    num_processes: int
+    devices: tuple[str, ...]  # every device of every process, as Keras names them ("cpu:0", "gpu:1")
+
+
+@dataclass(frozen=True)
 class Environment:
     seed: int | None
     keras_backend: str | None
@@ -216,6 +225,7 @@ class ExportCheck:
     seconds: float | None = None  # converting and checking
     versions: dict[str, str] = field(default_factory=dict)  # keras, tensorflow, tf2onnx, onnx, onnxruntime
     created: str = ""  # ISO time
+    converter: str | None = None  # "onnx_writer" (dense chains, digitlab.onnx_writer) | "keras" (Keras' export)
 
 
 # Fields older runs wrote that now live elsewhere: accepted on reading, never written.
@@ -267,15 +277,17 @@ def config_from_json(doc: dict, where: Path) -> RunConfig:
     if not isinstance(version, int) or version > SCHEMA_VERSION:
         raise RunError(f"{where} has schema_version {version!r}; this digitlab reads up to {SCHEMA_VERSION}: "
                        "upgrade digitlab to open this run")
+    doc.pop("distribution", None)  # how it was trained, not what: Run.distribution reads it
     kind = doc.pop("kind", "ensemble" if doc.get("model") == "ensemble" else "train")
     if kind not in KINDS:
         raise RunError(f"{where} has kind {kind!r}; known kinds: {', '.join(KINDS)}")
     return from_json(KINDS[kind], doc, where)
 
 
-def config_to_json(cfg: RunConfig) -> dict:
+def config_to_json(cfg: RunConfig, distribution: Distribution | None = None) -> dict:
     kind = next(k for k, cls in KINDS.items() if isinstance(cfg, cls))
-    return {"kind": kind, "schema_version": SCHEMA_VERSION, **to_json(cfg)}
+    extra = {"distribution": to_json(distribution)} if distribution else {}
+    return {"kind": kind, "schema_version": SCHEMA_VERSION, **to_json(cfg), **extra}
 
 
 # ---------------------------------------------------------------- the run
@@ -296,6 +308,13 @@ class Run:
         if doc is None:
             raise RunError(f"{self.path} has no {CONFIG}: it is not a run directory (train one with `digitlab train`)")
         return config_from_json(doc, self.path / CONFIG)
+
+    @cached_property
+    def distribution(self) -> Distribution | None:
+        """The devices and processes the run was trained on (--devices, --coordinator); None without."""
+        doc = _read(self.path / CONFIG)
+        found = doc.get("distribution") if isinstance(doc, dict) else None
+        return from_json(Distribution, found, self.path / CONFIG) if found is not None else None
 
     @property
     def kind(self) -> str:
@@ -383,9 +402,10 @@ class Run:
         return h.hexdigest()
 
     # ---- writing (each file atomically)
-    def write_config(self, cfg: RunConfig) -> None:
-        write_json_atomic(self.path / CONFIG, config_to_json(cfg))
+    def write_config(self, cfg: RunConfig, distribution: Distribution | None = None) -> None:
+        write_json_atomic(self.path / CONFIG, config_to_json(cfg, distribution))
         self.__dict__["config"] = cfg
+        self.__dict__["distribution"] = distribution
 
     def write_data(self, info: DataInfo) -> None:
         write_json_atomic(self.path / DATA, to_json(info))

@@ -14,6 +14,27 @@ import numpy as np
 EPS = 1e-7  # probabilities are clipped like Keras' cross-entropy before taking the log
 
 
+# Row-wise logsumexp and (log-)softmax, as scipy.special has them: written here because importing scipy.special
+# (which imports numpy.f2py) cost `digitlab predict` 0.12 s of its 0.5 s, for three lines of numpy.
+
+def logsumexp_rows(z: np.ndarray) -> np.ndarray:
+    """log(sum(exp(z), axis=1)), computed stably."""
+    z = np.asarray(z, dtype=np.float64)
+    top = np.max(z, axis=1, keepdims=True)
+    top = np.where(np.isfinite(top), top, 0.0)  # a row of -inf stays -inf, not NaN
+    with np.errstate(divide="ignore"):
+        return (top + np.log(np.sum(np.exp(z - top), axis=1, keepdims=True)))[:, 0]
+
+
+def log_softmax_rows(z: np.ndarray) -> np.ndarray:
+    z = np.asarray(z, dtype=np.float64)
+    return z - logsumexp_rows(z)[:, None]
+
+
+def softmax_rows(z: np.ndarray) -> np.ndarray:
+    return np.exp(log_softmax_rows(z))
+
+
 def log_loss(y_true, proba: np.ndarray) -> float:
     y_true = np.asarray(y_true).astype(int)
     p = np.clip(proba[np.arange(len(y_true)), y_true], EPS, 1.0)

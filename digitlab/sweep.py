@@ -250,6 +250,8 @@ class PruningCallback(keras.callbacks.Callback):
 
     digitlab.training runs one fit per epoch, so `epoch` here is the run's epoch (0-based)."""
 
+    epoch_level = True  # only on_epoch_end: the scan engine can run it (digitlab.engines.needs_batches)
+
     def __init__(self, trial: optuna.Trial, monitor: str = "val_accuracy"):
         super().__init__()
         self.trial, self.monitor = trial, monitor

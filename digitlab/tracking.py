@@ -36,6 +36,8 @@ EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 class MlflowLogger(keras.callbacks.Callback):
     """Log a digitlab run to MLflow: its settings as params, each epoch's figures, then (finish) the report."""
 
+    epoch_level = True  # on_train_begin and on_epoch_end only: the scan engine can run it
+
     def __init__(self, cfg, run_dir: str | Path, uri: str | None = None, experiment: str = "digitlab"):
         super().__init__()
         if importlib.util.find_spec("mlflow") is None:

@@ -21,6 +21,7 @@ Importing this module imports Keras: the CLI chooses the backend first (digitlab
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import math
 import shutil
@@ -36,11 +37,14 @@ from digitlab.atomic import atomic_path
 from digitlab.augmentation import augment_from, augment_images
 from digitlab.config import TrainConfig, validate
 from digitlab.data import NUM_CLASSES
+from digitlab.distribute import describe as describe_distribution
+from digitlab.distribute import local_part
+from digitlab.engines import ScanEngine, resolve_engine, scan_unavailable_reason
 from digitlab.environment import environment_info
 from digitlab.errors import ConfigError, RunError, TrainingError
 from digitlab.models import create_model
-from digitlab.predictor import unloadable_message
-from digitlab.registry import check_params
+from digitlab.predictor import keep_tensorflow_unimported, unloadable_message
+from digitlab.registry import check_params, model_family
 from digitlab.runs import (
     DATA,
     MODEL_FILE,
@@ -59,7 +63,10 @@ from digitlab.runs import (
 from digitlab.schedules import make_learning_rate
 from digitlab.scoring import stop_decision
 
+keep_tensorflow_unimported()  # on JAX, Keras would import it to seed it and to save models
+
 ADAMW_WEIGHT_DECAY = 0.004  # Keras' AdamW default, used when the config leaves weight_decay at 0
+VALIDATION_BATCH = 1000  # images per step when the scan engine validates (fit validates in training batches)
 
 
 # ---------------------------------------------------------------- model, optimiser, loss
@@ -124,6 +131,7 @@ def train(cfg: TrainConfig, runs_root: str | Path = "runs", run_dir: str | Path 
     every epoch's fit (tests use one to simulate an interruption).
     """
     check(cfg)
+    cfg = with_engine(cfg, callbacks)  # config.json records the engine that ran
     ds = dataset or data_mod.load_dataset(cfg.dataset, data_dir=data_dir)
     split = data_mod.prepare_split(cfg, ds)  # a bad --val or --train-size fails here, before any folder exists
     path = Path(run_dir) if run_dir else new_run_dir(runs_root, cfg.model, cfg.seed)
@@ -155,6 +163,17 @@ def check(cfg: TrainConfig) -> None:
     check_params(cfg.model, cfg.model_params)
 
 
+def with_engine(cfg: TrainConfig, callbacks=None) -> TrainConfig:
+    """cfg with its engine resolved ("auto" becomes scan or fit); --engine scan where it can't run is a ConfigError.
+
+    auto picks scan for dense networks only: for them Python's per-batch work is most of fit's time; a CNN's
+    batches are compute-bound, and XLA on these CPUs ran fastcnn's epoch as one scan about 6x slower than fit."""
+    if cfg.engine == "scan" and (why := scan_unavailable_reason(callbacks)):
+        raise ConfigError(f"--engine scan can't run here: {why}. Use --engine fit (or auto)")
+    asked = "fit" if cfg.engine == "auto" and model_family(cfg.model) != "dense" else cfg.engine
+    return dataclasses.replace(cfg, engine=resolve_engine(asked, callbacks))
+
+
 def _check_finite(value, name: str) -> None:
     """NaN and infinity pass every range check a builder makes, and json would write them as invalid NaN."""
     if isinstance(value, dict):
@@ -175,7 +194,7 @@ def _run_training(cfg: TrainConfig, run: Run, ds: data_mod.Dataset, split: data_
     keep_best = bool(cfg.early_stopping or cfg.save_best)  # validate() made sure the monitor will exist
 
     if not resuming:  # config.json first, so that a run killed from here on can be resumed
-        run.write_config(cfg)
+        run.write_config(cfg, distribution=describe_distribution())
         run.write_data(DataInfo(**ds.provenance, class_names=list(ds.class_names), train_images=len(split.y_train),
                                 val_images=len(split.y_val), val_is_test=split.val_is_test,
                                 test_images=len(ds.y_test)))
@@ -188,13 +207,19 @@ def _run_training(cfg: TrainConfig, run: Run, ds: data_mod.Dataset, split: data_
     state.status = "running"
     run.write_state(state)
 
-    validation = (data_mod.scale(split.x_val), targets(split.y_val, cfg)) if len(split.y_val) else None
+    validation = (local_part(data_mod.scale(split.x_val), targets(split.y_val, cfg), cfg.batch_size)[:2]
+                  if len(split.y_val) else None)  # several processes: each one scores its part of the set
+    if cfg.engine == "scan" and scan_unavailable_reason(callbacks):  # resumed where scan can't run: fit
+        cfg = dataclasses.replace(cfg, engine="fit")                          # takes the same steps
+    engine = ScanEngine(model) if cfg.engine == "scan" else None
+    if engine and not augment_from(cfg).active:  # the same images every epoch, in another order
+        engine.keep(data_mod.scale(split.x_train), targets(split.y_train, cfg))
     try:
         stop = _stopping(history, cfg)
         for epoch in range(len(history), cfg.epochs):
             if stop.stop:  # only true here when resuming a run that had already decided to stop
                 break
-            history.append(run_epoch(model, split, validation, cfg, epoch, verbose, callbacks))
+            history.append(run_epoch(model, split, validation, cfg, epoch, verbose, callbacks, engine))
             stop = _stopping(history, cfg)
             run.write_history(history)
             if keep_best and stop.best_epoch == epoch + 1:
@@ -265,26 +290,47 @@ def _stopping(history: list[EpochRecord], cfg: TrainConfig):
 
 
 def run_epoch(model, split: data_mod.Split, validation, cfg: TrainConfig, epoch: int, verbose: int,
-              callbacks: list | None = None) -> EpochRecord:
+              callbacks: list | None = None, engine: ScanEngine | None = None) -> EpochRecord:
+    """Train one epoch, by `engine` (the scan engine) or by Keras' fit; check it stayed finite."""
     start = time.perf_counter()
     order = np.random.default_rng([cfg.seed, epoch]).permutation(len(split.y_train))
-    aug = augment_from(cfg)
-    if aug.active:  # a separate stream, so turning augmentation on doesn't change the shuffling
-        x = augment_images(split.x_train[order], aug, np.random.default_rng([cfg.seed, epoch, 1]))
-    else:
-        x = data_mod.scale(split.x_train[order])
     reset_layer_seeds(model, cfg.seed, epoch)
-    guard = StopOnNonFiniteLoss()
-    cbs = ([_progress_bar(cfg.epochs)] if verbose else []) + [guard] + list(callbacks or [])
-    result = model.fit(x, targets(split.y_train[order], cfg), batch_size=cfg.batch_size,
-                       epochs=epoch + 1, initial_epoch=epoch, shuffle=False, validation_data=validation,
-                       verbose=1 if verbose else 0, callbacks=cbs)
+    if engine is not None and engine.training_set is not None:  # kept on the device: only the order travels
+        x, y, shuffle = *engine.training_set, order
+    else:
+        x, y, shuffle = _epoch_images(split, cfg, epoch, order), targets(split.y_train[order], cfg), None
+    if engine is not None:
+        bar = _progress_bar(cfg.epochs) if verbose else None  # fit's display, drawn once the epoch is done
+        if bar:
+            bar.set_params({"verbose": 1, "epochs": cfg.epochs, "steps": steps_per_epoch(len(y), cfg.batch_size)})
+            bar.on_epoch_begin(epoch)
+        logs, bad_batch = engine.run_epoch(x, y, cfg.batch_size, order=shuffle)
+        if validation is not None and bad_batch is None:
+            # one compiled pass in large batches: the same sample means as fit's batches of 32, fewer steps
+            val = model.evaluate(*validation, batch_size=VALIDATION_BATCH, verbose=0, return_dict=True)
+            logs.update({f"val_{k}": float(v) for k, v in val.items()})
+        if bar:
+            bar.on_epoch_end(epoch, logs)
+        if bad_batch is None:
+            for callback in callbacks or []:  # epoch-level ones only (engines.needs_batches)
+                callback.set_model(model)
+                callback.on_train_begin()
+                callback.on_epoch_end(epoch, dict(logs))
+    else:
+        guard = StopOnNonFiniteLoss()
+        cbs = ([_progress_bar(cfg.epochs)] if verbose else []) + [guard] + list(callbacks or [])
+        x, y, batch_size = local_part(x, y, cfg.batch_size)  # several processes: this one's part of each batch
+        result = model.fit(x, y, batch_size=batch_size, epochs=epoch + 1, initial_epoch=epoch, shuffle=False,
+                           validation_data=validation, verbose=1 if verbose else 0, callbacks=cbs)
+        logs = {k: float(v[-1]) for k, v in result.history.items()}
+        bad_batch = guard.batch
+        if bad_batch is not None:
+            logs["loss"] = guard.loss
     seconds = time.perf_counter() - start
-    logs = {k: float(v[-1]) for k, v in result.history.items()}
     lr = current_learning_rate(model)
-    where = f"at batch {guard.batch + 1} of epoch {epoch + 1}" if guard.batch is not None else f"in epoch {epoch + 1}"
+    where = f"at batch {bad_batch + 1} of epoch {epoch + 1}" if bad_batch is not None else f"in epoch {epoch + 1}"
     for name, what in (("loss", "the loss"), ("val_loss", "the validation loss")):
-        value = guard.loss if name == "loss" and guard.batch is not None else logs.get(name)
+        value = logs.get(name)
         if value is not None and not math.isfinite(value):
             raise TrainingError(_diverged(f"{what} became {value} {where}", lr))
     # A ReLU can hide NaN weights from the loss (it maps NaN to 0): the model is checked before it is saved.
@@ -294,6 +340,14 @@ def run_epoch(model, split: data_mod.Split, validation, cfg: TrainConfig, epoch:
     return EpochRecord(epoch=epoch + 1, loss=logs.get("loss"), accuracy=logs.get("accuracy"),
                        val_loss=logs.get("val_loss"), val_accuracy=logs.get("val_accuracy"),
                        lr=lr, seconds=round(seconds, 3))
+
+
+def _epoch_images(split: data_mod.Split, cfg: TrainConfig, epoch: int, order: np.ndarray) -> np.ndarray:
+    """The epoch's training images, scaled, in `order`; augmented when the config says so."""
+    aug = augment_from(cfg)
+    if aug.active:  # a separate stream, so turning augmentation on doesn't change the shuffling
+        return augment_images(split.x_train[order], aug, np.random.default_rng([cfg.seed, epoch, 1]))
+    return data_mod.scale(split.x_train[order])
 
 
 def _diverged(what: str, lr: float) -> str:

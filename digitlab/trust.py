@@ -29,10 +29,10 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.special import logsumexp
 
 from digitlab.calibration import apply_temperature
 from digitlab.errors import RunError
+from digitlab.scoring import logsumexp_rows
 
 TRUST_FORMAT = 1  # of TrustModel.to_json(); a reader refuses a newer one
 METHODS = ("msp", "energy", "mahalanobis")
@@ -105,7 +105,7 @@ def msp_score(proba_calibrated: np.ndarray) -> np.ndarray:
 
 
 def energy_score(logits: np.ndarray) -> np.ndarray:
-    return -logsumexp(np.asarray(logits, dtype=np.float64), axis=1)
+    return -logsumexp_rows(np.asarray(logits, dtype=np.float64))
 
 
 def mahalanobis_score(features: np.ndarray, means: np.ndarray, precision: np.ndarray) -> np.ndarray:

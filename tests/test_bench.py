@@ -63,7 +63,51 @@ def test_load_goal_is_p50_5_ms_and_p99_20_ms_for_paced_traffic():
     assert load.Result("16 clients x max", seconds=1.0, latencies_ms=[50.0]).row()["goal"] == "-"
 
 
+def test_load_feedback_audit_finds_lost_and_doubled_corrections(tmp_path):
+    import numpy as np
+
+    from digitlab.feedback import Correction, FeedbackStore
+    load = bench_module("load")
+    pixels = (np.arange(28 * 28) % 256).reshape(28, 28).tolist()
+    log = load.FeedbackLog(10.0, token=0xBEEF)
+    nonces = [log.token << 32 | k for k in range(4)] + [0x1234 << 32]  # the last one another run's
+    assert [load.nonce_of(load.with_nonce(pixels, n)) for n in nonces] == nonces
+    assert load.with_nonce(pixels, nonces[3])[1:] == pixels[1:]  # only row 0 carries it
+
+    def put(store, nonce):
+        original = json.dumps(json.loads(load.correction_body([(pixels, 3)], nonce))["pixels"]).encode()
+        return store.add(Correction(label=3, predicted=3, probabilities=[0.1] * 10, x28=np.zeros((28, 28)),
+                                    original=original, original_kind="pixels"))
+
+    db = tmp_path / "fb.sqlite"
+    with FeedbackStore.open(db) as s:
+        log.acked = {nonces[0]: put(s, nonces[0]), nonces[1]: put(s, nonces[1])}
+        put(s, nonces[1])  # stored twice
+        log.acked[nonces[2]] = 999  # acknowledged, never stored: lost
+        put(s, nonces[3])  # stored, though its client saw no 200
+        put(s, nonces[4])
+    load.audit_feedback(db, log)
+    assert (log.rows, log.lost, log.duplicated, log.unacknowledged) == (4, 1, 1, 1) and not log.ok()
+    log.acked.pop(nonces[2])
+    with FeedbackStore.open(db) as s:
+        s.delete(max(c.id for c in s.corrections() if load.nonce_of(json.loads(c.original)) == nonces[1]))
+        s.delete(next(c.id for c in s.corrections() if load.nonce_of(json.loads(c.original)) == nonces[3]))
+    load.audit_feedback(db, log)
+    assert (log.rows, log.lost, log.duplicated, log.unacknowledged) == (2, 0, 0, 0) and log.ok()
+
+
 # ---------------------------------------------------------------- smoke runs
+
+def test_load_bench_posts_corrections_and_counts_them(trained_run, tmp_path):
+    out = tmp_path / "rows.json"
+    proc = bench("load.py", "--run", str(trained_run.path), "--scenario", "4x10", "--feedback-rate", "10",
+                 "--duration", "1", "--json", str(out))
+    off, on = json.loads(out.read_text())
+    assert off["scenario"] == "4 clients x 10/s" and off["corr. acked"] is None and off["errors"] == 0
+    assert on["scenario"] == "4 clients x 10/s + 10 corrections/s" and on["errors"] == on["corr. errors"] == 0
+    # 10 senders, one a second each, random phase: one correction each in the 1 s
+    assert on["corr. acked"] == on["corr. rows"] == 10 and on["lost"] == on["doubled"] == 0
+    assert "0 lost, 0 stored twice" in proc.stdout and "(none lost or doubled, no errors) met" in proc.stdout
 
 @pytest.mark.slow
 def test_accuracy_bench_quick_runs_a_row(tmp_path):
@@ -77,10 +121,14 @@ def test_accuracy_bench_quick_runs_a_row(tmp_path):
 
 
 @pytest.mark.slow
-def test_seed_bench_runs_both_programs(tmp_path):
+def test_seed_bench_runs_every_program(tmp_path):
     proc = bench("seed.py", "--seeds", "1", "--epochs", "1", "--train-size", "500")
     lines = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
-    assert lines[0].startswith("| program | backend |")
-    tutorial, ours = lines[1:3]
-    assert tutorial.startswith("| tutorial (plain Keras) | tensorflow | 1 |") and tutorial.endswith("| 1.00 |")
-    assert ours.startswith("| digitlab train | jax | 1 |")  # the default backend for a dense network
+    assert lines[0].startswith("| program | backend | seeds | process s")
+    rows = {line.split(" | ")[0].removeprefix("| "): line.split(" | ") for line in lines[1:]}
+    assert rows["tutorial (plain Keras), as written"][1] == "tensorflow"
+    assert rows["tutorial (plain Keras), on JAX"][1:3] == ["jax", "1"]
+    assert rows["tutorial (plain Keras), on JAX"][-2:] == ["1.00", "1.00 |"]  # the baseline of both ratios
+    for name in ("digitlab, the main job (quickstart)", "digitlab --val test --no-export --engine fit"):
+        assert rows[name][1] == "jax"  # the default backend for a dense network
+        assert all(float(ratio.strip(" |")) > 0 for ratio in rows[name][-2:])

@@ -85,3 +85,15 @@ def test_calibration_lowers_ece_on_a_short_real_training(trained_run, trained_pr
     assert s.temperature != pytest.approx(1.0, abs=0.01)
     assert s.after.ece < s.before.ece
     assert s.after.nll <= s.before.nll + 1e-4
+
+
+def test_the_row_wise_softmax_helpers_match_scipy():
+    """scoring's logsumexp / (log-)softmax, kept so that the inference path need not import scipy.special."""
+    from scipy.special import log_softmax, logsumexp, softmax
+
+    from digitlab.scoring import log_softmax_rows, logsumexp_rows, softmax_rows
+    z = np.random.default_rng(0).normal(size=(200, 10)) * 40  # large logits: the naive formula overflows
+    np.testing.assert_allclose(logsumexp_rows(z), logsumexp(z, axis=1), rtol=1e-12)
+    np.testing.assert_allclose(log_softmax_rows(z), log_softmax(z, axis=1), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(softmax_rows(z), softmax(z, axis=1), rtol=1e-12, atol=1e-300)
+    assert logsumexp_rows(np.full((1, 3), -np.inf))[0] == -np.inf

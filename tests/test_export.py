@@ -186,17 +186,52 @@ def test_every_registered_model_exports_and_passes_its_check(name, params, train
 
 
 @pytest.mark.slow
-def test_a_process_running_keras_on_jax_exports_through_a_tensorflow_worker(trained_run, tmp_path):
-    """Training a dense network runs Keras on JAX, where the ONNX converter is not: a `digitlab export` process
-    on TensorFlow does the work (~10 s: two processes import a Keras backend)."""
+def test_on_jax_a_dense_chain_is_written_in_process_and_a_cnn_goes_to_a_tensorflow_worker(trained_run, tmp_path):
+    """Training a dense network runs Keras on JAX, where Keras' ONNX converter (tf2onnx) is not: onnx_writer writes
+    a dense chain in the same process, without importing TensorFlow; any other model goes to a `digitlab export`
+    process on TensorFlow (~10 s: two processes import a Keras backend). Both pass the same check."""
     import os
     import subprocess
     import sys
-    run = _copy(trained_run, tmp_path / "run")
+
+    from digitlab.models import create_model
+    from digitlab.training import save_model
+    dense, cnn = _copy(trained_run, tmp_path / "dense"), _copy(trained_run, tmp_path / "cnn")
+    save_model(create_model("fastcnn"), cnn.model_path)
     code = ("import sys, keras\nfrom digitlab.export import export_run\nfrom digitlab.runs import open_run\n"
-            "check = export_run(open_run(sys.argv[1]))['onnx']\n"
-            "print('BACKEND', keras.backend.backend(), 'PASSED', check.passed)")
-    proc = subprocess.run([sys.executable, "-c", code, str(run.path)], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"})
-    assert "BACKEND jax PASSED True" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]
-    assert Predictor.from_run(open_run(run.path)).runtime == "onnxruntime"
+            "for path in sys.argv[1:]:\n"
+            "    check = export_run(open_run(path))['onnx']\n"
+            "    print('BACKEND', keras.backend.backend(), 'PASSED', check.passed, 'BY', check.converter,\n"
+            "          'TF', 'tensorflow' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code, str(dense.path), str(cnn.path)], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"})
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("BACKEND")]
+    assert lines == ["BACKEND jax PASSED True BY onnx_writer TF False", "BACKEND jax PASSED True BY keras TF False"], \
+        proc.stdout[-2000:] + proc.stderr[-3000:]
+    for run in (dense, cnn):
+        assert Predictor.from_run(open_run(run.path)).runtime == "onnxruntime"
+
+
+def test_onnx_writer_answers_as_keras_for_every_layer_it_writes_and_declines_the_rest():
+    """Batch norm (its moving statistics made non-trivial), each activation, dropout and no-bias layers, against
+    Keras on random inputs; a layer it does not write (a convolution) gives None, for tf2onnx to convert."""
+    import keras
+    import onnxruntime as ort
+
+    from digitlab.models import create_model
+    from digitlab.onnx_writer import dense_chain_onnx
+    rng = np.random.default_rng(0)
+    x = rng.random((64, 28, 28), dtype=np.float32)
+    for activation in ("relu", "gelu", "tanh", "sigmoid"):
+        model = create_model("mlp", hidden=[32, 16], activation=activation, batchnorm=True, dropout=0.2)
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                gamma, beta, mean, var = layer.get_weights()
+                layer.set_weights([rng.normal(1, 0.3, gamma.shape), rng.normal(0, 0.3, beta.shape),
+                                   rng.normal(0, 0.5, mean.shape), rng.uniform(0.2, 2, var.shape)])
+        session = ort.InferenceSession(dense_chain_onnx(model), providers=["CPUExecutionProvider"])
+        proba, features = session.run(None, {session.get_inputs()[0].name: x})
+        want = Predictor.from_keras(model).outputs(x)
+        np.testing.assert_allclose(proba, want.proba, atol=1e-5)
+        np.testing.assert_allclose(features, want.features, atol=1e-4 * float(np.abs(want.features).max()))
+    assert dense_chain_onnx(create_model("fastcnn")) is None

@@ -180,6 +180,7 @@ def test_api_stores_what_was_sent_and_what_the_model_said(client, trained_run, t
     ({"label": 7, "image": "@@not base64@@"}, 422, "bad_image"),
     ({"label": 7, "image": base64.b64encode(b"not a picture").decode()}, 422, "bad_image"),
     ({"label": 7, "pixels": [[0, 1]]}, 422, "bad_image"),
+    ({"label": 7, "pixels": [[True] * 28] * 28}, 422, "bad_image"),  # JSON true is not the pixel 1, as in /api/predict
     ([1, 2], 422, "bad_feedback"),
 ])
 def test_api_refuses_bad_feedback_and_stores_nothing(client, body, status, error):
@@ -187,6 +188,26 @@ def test_api_refuses_bad_feedback_and_stores_nothing(client, body, status, error
     assert (r.status_code, r.json()["error"]) == (status, error), r.text
     assert r.json()["detail"]
     assert client.get("/api/feedback/stats").json()["total"] == 0
+
+
+def test_api_refuses_ids_sqlite_cannot_hold(client):
+    for bad in ("0", "-3", str(2**63), "seven"):
+        r = client.delete(f"/api/feedback/{bad}")
+        assert (r.status_code, r.json()["error"]) == (422, "invalid_request"), (bad, r.text)
+    assert client.delete(f"/api/feedback/{2**63 - 1}").status_code == 404
+
+
+def test_routes_are_documented_with_their_models(client):
+    paths = client.get("/openapi.json").json()["paths"]
+    post = paths["/api/feedback"]["post"]
+    forms = post["requestBody"]["content"]["application/json"]["schema"]["oneOf"]
+    assert [sorted(f["required"]) for f in forms] == [["label", "pixels"], ["image", "label"]]
+    assert post["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/FeedbackAck")
+    assert {"400", "413", "422", "503"} <= set(post["responses"])
+    stats = paths["/api/feedback/stats"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert stats["$ref"].endswith("/FeedbackStats")
+    delete = paths["/api/feedback/{row_id}"]["delete"]
+    assert delete["parameters"][0]["schema"]["minimum"] == 1 and {"200", "404", "422"} <= set(delete["responses"])
 
 
 def test_api_refuses_bad_json_and_oversize(client):

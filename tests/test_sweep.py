@@ -63,6 +63,16 @@ def test_params_go_to_config_fields_or_builder_parameters():
     assert cfg.lr == 0.005 and cfg.model_params == {"hidden": 256, "dropout": 0.25}
 
 
+def test_a_choice_of_layer_stacks_builds_each_stack():
+    """512x512 is one value among the commas: the registered mlp's 1024x1024 can be in a search space."""
+    from digitlab.models import create_model
+    from digitlab.sweep import parse_space
+    hidden, = parse_space(["hidden=choice:256,512x512,1024x1024"], "mlp")
+    assert hidden.choices == (256, "512x512", "1024x1024")
+    dense = [layer.units for layer in create_model("mlp", hidden="1024x1024").layers if hasattr(layer, "units")]
+    assert dense == [1024, 1024, 10]
+
+
 def test_space_file_and_cli_error(tmp_path, capsys):
     from digitlab.cli import main
     from digitlab.sweep import load_space_file

@@ -17,7 +17,7 @@ import importlib
 import sys
 
 from digitlab import __version__
-from digitlab.backend import choose_backend, quiet_tensorflow_logs
+from digitlab.backend import cache_compiled_programs, choose_backend, quiet_tensorflow_logs
 from digitlab.errors import DigitlabError
 
 COMMAND_MODULES = ["data", "models", "train", "evaluate", "predict", "serve", "compare", "ensemble", "export",
@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if getattr(args, "family", None):
             choose_backend(args.family(args))
+            from digitlab.data import default_cache_dir
+            cache_compiled_programs(default_cache_dir() / "jax")
         return int(args.func(args) or 0)
     except DigitlabError as exc:  # the user's to fix: a message, no traceback; anything else is a bug
         return fail(str(exc), exc.exit_code)

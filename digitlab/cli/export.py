@@ -31,20 +31,22 @@ def cmd_export(args) -> int:
     return 0
 
 
-def export_and_print(runs, formats=("onnx",), dataset=None) -> None:
-    """Export `runs` and print one line per file kept; what `train` and `ensemble` call when they finish."""
+def export_and_print(runs, formats=("onnx",), dataset=None, started=None) -> None:
+    """Export `runs` and print one line per file kept; what `train` and `ensemble` call when they finish.
+    `started`: the export.ExportWorker already converting them (export.start_export), to wait for."""
     from digitlab.export import describe, export_runs
-    for run, checks in zip(runs, export_runs(runs, formats, dataset=dataset)):
+    results = started.result() if started else export_runs(runs, formats, dataset=dataset)
+    for run, checks in zip(runs, results, strict=True):
         for check in checks.values():
             print(f"exported:      {run.export_path(check.format)} ({check.size_bytes / 1024:,.0f} KB): "
                   f"{describe(check)}; checked in {check.seconds:.1f} s")
 
 
-def export_after(runs, dataset=None) -> None:
+def export_after(runs, dataset=None, started=None) -> None:
     """The ONNX export `train` and `ensemble` end with: if it fails, the error says the runs themselves are fine."""
     from digitlab.export import ExportError
     try:
-        export_and_print(runs, dataset=dataset)
+        export_and_print(runs, dataset=dataset, started=started)
     except ExportError as exc:
         raise ExportError(f"{exc}\nthe training itself is complete and evaluated: predict and serve will run the "
                           "Keras model (--no-export skips this step)") from exc

@@ -22,7 +22,7 @@ from digitlab.augmentation import PRESETS
 from digitlab.cli import typed
 from digitlab.config import CHOICES, TrainConfig, apply_overrides, validate
 from digitlab.data import SPECS
-from digitlab.errors import ConfigError, RunError
+from digitlab.errors import ConfigError, DigitlabError, RunError
 from digitlab.registry import check_params, get_model_info, int_list, model_family
 from digitlab.runs import CONFIG, Run, is_seed_group, read_seed_group
 
@@ -46,6 +46,9 @@ GROUPS = {
         ("--warmup-epochs", "warmup_epochs", float, "linear warm-up, in epochs (fractions allowed)"),
         ("--step-epochs", "step_epochs", int, "step schedule: decay every N epochs"),
         ("--step-gamma", "step_gamma", float, "step schedule: decay factor (default 0.1)"),
+        ("--engine", "engine", CHOICES["engine"], "how epochs run: scan = one compiled JAX program per epoch "
+                                                  "(same steps as fit, ~2x faster for small networks), fit = Keras' "
+                                                  "model.fit as in the tutorial; auto (default) = scan where it can"),
     ],
     "augmentation (training images only; no flips: a mirrored digit is another symbol)": [
         ("--shift", "aug_shift", float, "max random shift, pixels"),
@@ -109,6 +112,14 @@ def add_parser(sub) -> None:
     p.add_argument("--devices", type=typed(int, "devices"), metavar="N",
                    help="data-parallel training over N devices (JAX backend: weights replicated, each batch split; "
                         "on a CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N makes N devices)")
+    g = p.add_argument_group("several processes (machines) training one model: run the command once per process")
+    g.add_argument("--coordinator", metavar="HOST:PORT",
+                   help="process 0's address and a free port, the same for every process (JAX backend: the global "
+                        "--batch-size is split over every device of every process; only process 0 writes the run)")
+    g.add_argument("--num-processes", type=typed(int, "num-processes"), metavar="N", help="processes in the job")
+    g.add_argument("--process-id", type=typed(int, "process-id"), metavar="I", help="this process: 0 to N-1")
+    g.add_argument("--timeout", type=typed(float, "timeout"), metavar="SECONDS",
+                   help="how long a process waits for the others to start, or for a lost one (default 60)")
     p.add_argument("--tensorboard", action="store_true",
                    help="write Keras' TensorBoard logs into the run (RUN/tensorboard; `tensorboard --logdir RUN`)")
     p.add_argument("--mlflow", nargs="?", const="", metavar="URI",
@@ -226,9 +237,12 @@ def run(args) -> int:
         raise ConfigError("--devices applies to new runs; resume the run without it")
     if (args.tensorboard or args.mlflow is not None) and (args.resume or args.seeds is not None):
         raise ConfigError("--tensorboard and --mlflow log one new run: drop them with --resume or --seeds")
+    cluster = _cluster(args)
     if args.resume:
         return _resume(args)
     cfg = train_config_from_args(args)
+    if cluster:
+        cluster.check(cfg.batch_size)  # a bad address or split is said before the data loads
     if args.devices is not None:
         from digitlab.distribute import use_devices
         print(f"data-parallel over {', '.join(use_devices(args.devices, cfg.batch_size))}", flush=True)
@@ -240,6 +254,13 @@ def run(args) -> int:
     ds = load_dataset(cfg.dataset, data_dir=args.data_dir)
     prepare_split(cfg, ds)  # a bad --val or --train-size is reported before any folder is made
     out = Path(args.out) if args.out else None
+    if cluster:
+        import dataclasses
+
+        from digitlab.distribute import job_digest
+        from digitlab.runs import config_to_json
+        job = job_digest(config_to_json(cfg), ds.provenance.get("sha256", ""))
+        return _train_in_cluster(dataclasses.replace(cluster, job=job), cfg, out, args, verbose)
     if args.seeds is not None:
         from digitlab.seeds import train_seeds
         return _report_group(lambda: train_seeds(cfg, args.seeds, runs_root=args.runs_root, out=out,
@@ -258,6 +279,140 @@ def run(args) -> int:
     return _report_run(lambda: train(cfg, runs_root=args.runs_root, run_dir=out, dataset=ds, verbose=verbose,
                                      overwrite=args.overwrite, callbacks=callbacks), ds, out, export=args.export,
                        logger=logger)
+
+
+def _cluster(args):
+    """The multi-process job the flags describe (digitlab.distribute.Cluster), or None."""
+    given = [f for f, v in (("--coordinator", args.coordinator), ("--num-processes", args.num_processes),
+                            ("--process-id", args.process_id)) if v is not None]
+    if not given:
+        if args.timeout is not None:
+            raise ConfigError("--timeout applies to multi-process training: give it with --coordinator")
+        return None
+    if len(given) < 3:
+        raise ConfigError("multi-process training needs --coordinator HOST:PORT, --num-processes N and "
+                          f"--process-id I together (got only {', '.join(given)})")
+    clash = [f for f, on in (("--resume", args.resume), ("--seeds", args.seeds is not None),
+                             ("--devices", args.devices is not None), ("--tensorboard", args.tensorboard),
+                             ("--mlflow", args.mlflow is not None)) if on]
+    if clash:
+        raise ConfigError(f"--coordinator trains one new run over every device of every process; drop "
+                          f"{', '.join(clash)} (not supported with several processes)")
+    from digitlab.distribute import DEFAULT_TIMEOUT, Cluster
+    return Cluster(args.coordinator, args.num_processes, args.process_id,
+                   DEFAULT_TIMEOUT if args.timeout is None else args.timeout)
+
+
+def _train_in_cluster(cluster, cfg: TrainConfig, out: Path | None, args, verbose: int) -> int:
+    """Every process trains the same model on its part of each global batch; process 0 writes the run.
+
+    The work runs in a child process, watched from here: JAX ends a process whose coordinator died (or
+    that it cannot reach mid-job) with a fatal abort, not an exception, and only a parent can turn that
+    into an error that says what happened."""
+    import multiprocessing
+    import signal
+
+    made = False
+    if cluster.writes:  # said now: once joined, an error in one process stops all of them
+        from digitlab.runs import claim_folder, lock_run, new_run_dir
+        made, out = out is None, out or new_run_dir(args.runs_root, cfg.model, cfg.seed)
+        with lock_run(out):
+            claim_folder(out, args.overwrite)
+    member = multiprocessing.get_context("spawn").Process(  # a fresh interpreter: JAX does not survive fork
+        target=_cluster_member, args=(cluster, cfg, out, args.runs_root, args.overwrite, args.data_dir, args.export,
+                                      verbose), name=f"digitlab-process-{cluster.process_id}")
+    member.start()
+    while member.exitcode is None:
+        try:
+            member.join()
+        except KeyboardInterrupt:  # the member has the same Ctrl-C: it marks the run interrupted and exits 130
+            continue
+    if made and out.is_dir() and not any(out.iterdir()):
+        out.rmdir()  # made above for a job that never started
+    if member.exitcode >= 0:
+        return member.exitcode
+    from digitlab.distribute import ClusterError
+    how = ("JAX's distributed runtime ended it (its message is above): another process of the job stopped, or "
+           "the coordinator" if member.exitcode == -signal.SIGABRT else
+           f"it was killed by signal {-member.exitcode}; if that was not you, look for another process that stopped "
+           "or for the coordinator that")
+    lost = ClusterError(f"process {cluster.process_id} of the job at {cluster.coordinator} ended during training: "
+                        f"{how} could not be reached. Start all {cluster.num_processes} processes again")
+    _mark_failed(out if cluster.writes else None, str(lost))
+    raise lost
+
+
+def _cluster_member(cluster, cfg: TrainConfig, out: Path | None, runs_root: str, overwrite: bool, data_dir,
+                    export: bool, verbose: int) -> None:
+    """One process of the job, in the child _train_in_cluster watches: join, train, leave; then process 0
+    evaluates and exports alone. The other processes train in a scratch folder deleted at the end (saving
+    a model is a collective step on JAX, so every process saves when process 0 does)."""
+    import tempfile
+
+    from digitlab import distribute
+    from digitlab.data import load_dataset
+    from digitlab.training import train
+    try:
+        ds = load_dataset(cfg.dataset, data_dir=data_dir)
+        devices = distribute.join_cluster(cluster, cfg.batch_size)
+        print(f"process {cluster.process_id} of {cluster.num_processes}: data-parallel over {len(devices)} "
+              f"devices ({', '.join(devices)})", flush=True)
+        if cluster.writes:
+            run = train(cfg, runs_root=runs_root, run_dir=out, dataset=ds, verbose=verbose, overwrite=overwrite)
+        else:
+            with tempfile.TemporaryDirectory(prefix="digitlab-process-") as scratch:
+                train(cfg, run_dir=Path(scratch) / "run", dataset=ds, verbose=verbose)
+        distribute.leave_cluster()
+    except BaseException as exc:  # noqa: BLE001 - every failure ends this process now (see _abandon)
+        _abandon(cluster, exc, out if cluster.writes else None)
+    if not cluster.writes:
+        print(f"process {cluster.process_id}: training done; process 0 writes the run", flush=True)
+        return
+    try:
+        code = _report_run(lambda: run, ds, None, export=export)
+    except DigitlabError as exc:  # the job is over: main()'s usual report, from this child
+        from digitlab.cli import fail
+        code = fail(str(exc), exc.exit_code)
+    sys.exit(code)
+
+
+def _abandon(cluster, exc: BaseException, folder: Path | None) -> None:
+    """Report a failure in a multi-process job and end this process at once: JAX's exit hook would wait for
+    the other processes at a shutdown barrier, then abort with a crash dump when a lost one never comes.
+    `folder`: process 0's run, marked failed when a lost process left it "running"."""
+    import os
+    import traceback
+
+    from digitlab.cli import fail
+    from digitlab.distribute import ClusterError, peer_failed
+    if isinstance(exc, KeyboardInterrupt):
+        code = _interrupted()
+    elif isinstance(exc, DigitlabError):
+        code = fail(str(exc), exc.exit_code)
+    elif peer_failed(exc):
+        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        lost = ClusterError(f"process {cluster.process_id} lost the other processes of the job at "
+                            f"{cluster.coordinator} ({first[:200]}): one of them stopped or crashed (its own output "
+                            f"says why). Start all {cluster.num_processes} processes again")
+        code = fail(str(lost), lost.exit_code)
+        _mark_failed(folder, str(lost))
+    else:  # a bug: its traceback, as main() would let it through
+        traceback.print_exception(exc)
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _mark_failed(folder: Path | None, reason: str) -> None:
+    from digitlab.runs import STATE
+    if folder is None or not (folder / STATE).exists():
+        return
+    run = Run(folder)
+    state = run.state
+    if state.status == "running":
+        state.status, state.error = "failed", reason
+        run.write_state(state)
 
 
 def _claim_group(path: Path, cfg: TrainConfig, seeds: int, overwrite: bool) -> None:
@@ -310,25 +465,40 @@ def _report_run(train_one, dataset, folder: Path | None, export: bool = True, lo
     `logger`: a tracking.MlflowLogger, finished with the evaluated run (or marked killed or failed)."""
     from digitlab.cli.summary import print_summary
     from digitlab.evaluation import evaluate_run
-    with _locked(folder):
-        try:
-            run = train_one()
-        except KeyboardInterrupt:
+    with contextlib.ExitStack() as stack:
+        with _locked(folder):
+            try:
+                run = train_one()
+            except KeyboardInterrupt:
+                if logger:
+                    logger.finish(status="KILLED")
+                return _interrupted()
+            except Exception:
+                if logger:
+                    logger.finish(status="FAILED")
+                raise
+            # On JAX the export converts in a process of its own (on TensorFlow): started now, it works while this
+            # one evaluates. It writes only model.onnx and export.json; stopped if evaluation fails or is interrupted.
+            started = stack.enter_context(_started_export(run)) if export else None
+            evaluate_run(run, dataset=dataset)
             if logger:
-                logger.finish(status="KILLED")
-            return _interrupted()
-        except Exception:
-            if logger:
-                logger.finish(status="FAILED")
-            raise
-        evaluate_run(run, dataset=dataset)
-        if logger:
-            logger.finish(run)
-    print_summary(run)
-    if export:  # after the lock: on JAX the export runs in a `digitlab export` process of its own
-        from digitlab.cli.export import export_after
-        export_after([run], dataset=dataset)
+                logger.finish(run)
+        print_summary(run)
+        if export:
+            from digitlab.cli.export import export_after
+            export_after([run], dataset=dataset, started=started)
     return 0
+
+
+@contextlib.contextmanager
+def _started_export(run):
+    from digitlab.export import start_export
+    worker = start_export([run])
+    if worker is None:
+        yield None
+        return
+    with worker:
+        yield worker
 
 
 def _report_group(train_group, folder: Path | None, claim=None, export: bool = True) -> int:
