@@ -155,9 +155,9 @@ class Predictor:
         def both(x):
             if not two:
                 two.append(features_model(model))
-            return two[0].predict_on_batch(x)
+            return _in_bucket(two[0].predict_on_batch, x)
 
-        return cls(lambda x: model.predict_on_batch(x), class_names, name or model.name, "keras",
+        return cls(lambda x: _in_bucket(model.predict_on_batch, x), class_names, name or model.name, "keras",
                    int(model.count_params()), keras_model=model,
                    features=both if head_layer(model) is not None else None, trust=trust)
 
@@ -309,6 +309,19 @@ def load_keras_model(path: str | Path):
         return keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as exc:  # Keras and h5py raise ValueError, OSError, JSONDecodeError, KeyError...
         raise ModelLoadError(unloadable_message(path, exc)) from exc
+
+
+def _in_bucket(forward, x: np.ndarray):
+    """forward(x), run on x padded with blank images to the next power of two: Keras compiles its forward pass
+    once per batch shape (0.1-0.2 s each on JAX), and an evaluation's sets and last chunks came in a dozen sizes;
+    in buckets a process compiles a handful. Padding rows change no other row's output (inference mode)."""
+    n = len(x)
+    size = 1 << max(n - 1, 0).bit_length()
+    if size == n:
+        return forward(x)
+    padded = np.concatenate([x, np.zeros((size - n, *x.shape[1:]), dtype=x.dtype)])
+    out = forward(padded)
+    return [o[:n] for o in out] if isinstance(out, (list, tuple)) else out[:n]
 
 
 def keep_tensorflow_unimported() -> None:

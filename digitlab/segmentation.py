@@ -30,10 +30,14 @@ digitlab.numbers reads the result as a number; this module finds the digits:
 Modes: "digit" reads the whole picture as one digit, exactly as `digitlab predict` does; "number"
 always searches; "auto" (the default) reads one digit, as "digit" does, unless the ink clearly holds
 several: one group wider than any MNIST digit (AUTO_WIDE), or several groups that the search reads
-as several digits, together wider than tall (AUTO_NUMBER), and, when there are two, of about one
-height and read about as confidently as the picture is read as one digit (AUTO_EVEN, AUTO_SURE).
-So a lone digit is not split (bench/numbers.py: none of MNIST's 10,000 test digits with fastcnn, one
-with seed-ann), and touching digits, or a narrow number such as "11", need mode="number".
+as several digits, together wider than tall (AUTO_NUMBER), made of at most AUTO_STROKES components per
+digit and with little ink lost as specks (AUTO_DUST: noise falls apart into many more blobs than it
+makes "digits", and into dust), and, when there are two, of about
+one height and read about as confidently as the picture is read as one digit (AUTO_EVEN, AUTO_SURE).
+A picture the search can't take (ink too faint once shrunk, more marks than any number has) is read as
+one digit in auto mode too.
+So a lone digit is hardly ever split (bench/read_numbers.py: 0-3 of MNIST's 10,000 test digits with
+fastcnn, one with seed-ann), and touching digits, or a narrow number such as "11", need mode="number".
 
 The costs were chosen by a grid search on numbers built from MNIST *validation* digits (the bench
 reads test digits) and on drawn touching pairs, with seed-ann and fastcnn; docs/numbers.md has the
@@ -91,6 +95,11 @@ AUTO_NUMBER = 0.9  # ...and several groups as a number only if the ink is at lea
 # with at least AUTO_SURE of the confidence the picture gets read as one digit
 AUTO_EVEN = 0.7
 AUTO_SURE = 0.7
+AUTO_STROKES = 3  # ...and only if its ink is in at most this many components per digit read: a digit is
+# written in one to three (an open 4, a 5 with its bar lifted); noise falls apart into blobs, 5 to 30 for
+# each "digit" the search makes of them (docs/numbers.md)...
+AUTO_DUST = 0.05  # ...and with at most this share of its ink dropped as specks: writing leaves under 1%,
+# noise 1-15%
 
 
 @dataclass(frozen=True)
@@ -126,6 +135,10 @@ class TooManyDigitsError(InputImageError):
     """More digits than MAX_DIGITS (or more marks than a number of that length could make)."""
 
 
+class _TooManyMarks(TooManyDigitsError):
+    """More separate marks than a number of MAX_DIGITS digits could make: noise, not writing."""
+
+
 @dataclass(frozen=True)
 class Box:
     """Where a digit is, in the input picture's pixels: columns left..left+width, rows top..top+height."""
@@ -152,6 +165,7 @@ class Segmentation:
     segments: list[Segment]  # left to right
     mode: str  # "digit" (the whole picture as one digit) or "number"
     marks: list[Box]
+    groups: int = 1  # separate pieces of ink the digits were read from (marks left out)
 
 
 def segment(gray, predictor: Predictor, mode: str = "auto") -> Segmentation:
@@ -163,13 +177,18 @@ def segment(gray, predictor: Predictor, mode: str = "auto") -> Segmentation:
         raise BadArrayError(f"image has shape {x.shape}: expected a 2-D grayscale picture")
     if mode == "digit":
         return _one_digit(x, predictor)
-    page = _Page.of(x)  # raises NoInkError on a blank picture, TooManyDigitsError on a long number
+    try:
+        page = _Page.of(x)  # raises NoInkError on a blank picture, TooManyDigitsError on a long number
+    except (NoInkError, _TooManyMarks):
+        if mode == "auto":  # faint ink the search's shrunk copy loses, or noise: the single-digit reading's
+            return _one_digit(x, predictor)  # to judge (NoInkError there too if the picture is blank)
+        raise
     if mode == "auto" and len(page.groups) == 1 and page.groups[0].width <= AUTO_WIDE * page.groups[0].height:
         return _one_digit(x, predictor)  # one piece of writing: read as `digitlab predict` reads it
     found = page.search(predictor)
     if mode == "auto":
         return _number_or_digit(x, page, found, predictor)
-    return Segmentation(found, "number", page.marks_box())
+    return Segmentation(found, "number", page.marks_box(), len(page.groups))
 
 
 def _number_or_digit(x: np.ndarray, page: _Page, found: list[Segment], predictor: Predictor) -> Segmentation:
@@ -177,7 +196,10 @@ def _number_or_digit(x: np.ndarray, page: _Page, found: list[Segment], predictor
     every = page.groups + page.marks
     width = max(g.right for g in every) - min(g.left for g in every)
     height = max(g.bottom for g in every) - min(g.top for g in every)
-    if len(found) < 2 or width < AUTO_NUMBER * height:
+    components = sum(len(g.labels) for g in every)
+    dust = 1 - float(page.ink[page.labels > 0].sum()) / float(page.ink.sum())
+    if (len(found) < 2 or width < AUTO_NUMBER * height or components > AUTO_STROKES * len(found)
+            or dust > AUTO_DUST):
         return _one_digit(x, predictor)
     if len(found) == 2:  # one digit broken in two, or with a stray line beside it, can look like two
         one = _one_digit(x, predictor)
@@ -185,7 +207,7 @@ def _number_or_digit(x: np.ndarray, page: _Page, found: list[Segment], predictor
         confidence = np.prod([s.probabilities.max() for s in found])
         if min(heights) < AUTO_EVEN * max(heights) or confidence < AUTO_SURE * one.segments[0].probabilities.max():
             return one
-    return Segmentation(found, "number", page.marks_box())
+    return Segmentation(found, "number", page.marks_box(), len(page.groups))
 
 
 def _one_digit(x: np.ndarray, predictor: Predictor) -> Segmentation:
@@ -251,7 +273,7 @@ class _Page:
         kept = np.flatnonzero(mass >= SPECK_FRACTION * mass.max()) + 1  # not dust, as to_mnist sees it
         labels[~np.isin(labels, kept)] = 0
         if len(kept) > 8 * MAX_DIGITS:
-            raise TooManyDigitsError(
+            raise _TooManyMarks(
                 f"found {len(kept)} separate marks in the picture, too many for a number of at most {MAX_DIGITS} "
                 f"digits: crop the picture to the number, or check that it is not noise")
         boxes = ndimage.find_objects(labels)
