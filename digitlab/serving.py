@@ -209,7 +209,8 @@ class ModelInfo(BaseModel):
     test_errors: int | None
     test_images: int | None
     parameters: int
-    keras_backend: str
+    runtime: str = Field(description="what runs the model: onnxruntime (the run's checked model.onnx) or keras")
+    keras_backend: str | None = Field(description="the Keras backend running the model; null on ONNX Runtime")
     class_names: list[str]
     config: dict = Field(description="the run's resolved training configuration")
     data: dict = Field(description="data provenance: dataset, source, content sha256, split sizes")
@@ -404,7 +405,8 @@ class Service:
             **self._info_fields,
             test_accuracy=m.test_accuracy if m else None, test_loss=m.test_loss if m else None,
             test_errors=m.test_errors if m else None, test_images=m.test_images if m else None,
-            parameters=predictor.parameters or 0, keras_backend=keras_backend() or "unknown",
+            parameters=predictor.parameters or 0, runtime=predictor.runtime,
+            keras_backend=(keras_backend() or "unknown") if predictor.runtime == "keras" else None,
             report_url="/report" if self.report else None)
         self.batched = batched
 

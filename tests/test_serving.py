@@ -233,6 +233,9 @@ def test_model_info(client, trained_run, trained_predictor):
     assert not any(isinstance(v, str) and v.startswith("/") for v in info["data"].values())
     assert info["class_names"] == [str(d) for d in range(10)]
     assert info["parameters"] == trained_predictor.keras_model.count_params() and info["report_url"] == "/report"
+    # what runs the model: a Keras backend is named only when Keras runs it
+    assert info["runtime"] in ("onnxruntime", "keras")
+    assert (info["keras_backend"] is None) == (info["runtime"] == "onnxruntime")
 
 
 def test_health(client):
