@@ -160,3 +160,19 @@ def trained_predictor(trained_run):
 def ci() -> bool:
     """True when the suite runs in CI, where a test must fail rather than skip for want of a tool."""
     return IN_CI
+
+
+@pytest.fixture(scope="module")
+def browser(ci):
+    """Headless Chromium for the browser tests (tests/browser_support.py): a skip without it, a failure in CI."""
+    from browser_support import chromium
+    with chromium(ci) as b:
+        yield b
+
+
+@pytest.fixture(scope="module")
+def server_url(trained_run):
+    """A real uvicorn server for the trained run, on a free loopback port, in a thread."""
+    from browser_support import served
+    with served(trained_run.path) as url:
+        yield url

@@ -2,7 +2,7 @@
 
     pytest -m browser tests/test_browser.py
 
-Needs Debian's chromium (`apt-get install chromium`) and Python Playwright: skipped without them on a
+Needs Debian's chromium and Python Playwright (tests/browser_support.py): skipped without them on a
 developer's machine, failed without them in CI (CI set), where a skip would pass with no browser coverage.
 Screenshots of the page (desktop and phone-sized) go to /tmp/digitlab-page-*.png.
 """
@@ -10,19 +10,12 @@ from __future__ import annotations
 
 import io
 import math
-import shutil
-import socket
-import threading
-import time
 
 import pytest
+from browser_support import open_page, strokes_on
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = shutil.which("chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update"]
-TIMEOUT_MS = 15_000
 SCREENSHOTS = {"desktop": "/tmp/digitlab-page-desktop.png", "phone": "/tmp/digitlab-page-phone.png"}
 
 # Strokes in canvas units (0..1 of its width and height), each a list of points joined by lines.
@@ -35,76 +28,10 @@ DIGITS = {
 }
 
 
-@pytest.fixture(scope="module")
-def server_url(trained_run):
-    """A real uvicorn server for the trained run, on a free loopback port, in a thread."""
-    import uvicorn
-
-    from digitlab.serving import create_app
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(trained_run.path), log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            pytest.fail("the server did not start")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
-    sock.close()
-
-
-def missing(what: str, ci: bool):
-    """Without a browser the test can't run: in CI that fails the run, elsewhere it is a skip."""
-    message = f"{what}; the browser tests need it (bash scripts/setup.sh installs both)"
-    if ci:
-        pytest.fail(f"CI: {message}", pytrace=False)
-    pytest.skip(message)
-
-
-@pytest.fixture(scope="module")
-def browser(ci):
-    if not CHROMIUM:
-        missing("chromium is not installed (apt-get install chromium)", ci)
-    try:
-        from playwright import sync_api
-    except ImportError:
-        missing("Python Playwright is not installed (pip install playwright)", ci)
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
-def open_page(browser, url, **context_args):
-    # Playwright evaluates its wait conditions as strings, which the page's CSP (no eval) would refuse;
-    # the request listener below still checks that nothing is fetched from elsewhere.
-    context = browser.new_context(bypass_csp=True, **context_args)
-    page = context.new_page()
-    page.set_default_timeout(TIMEOUT_MS)
-    outside = []
-    page.on("request", lambda r: None if r.url.startswith((url, "data:", "blob:")) else outside.append(r.url))
-    page.goto(url + "/")
-    page.wait_for_function("document.querySelector('#model-info').textContent.includes('test accuracy')")
-    return context, page, outside
-
-
 def draw(page, strokes):
     """Draw strokes with the mouse and wait for the final answer; returns the digit the page shows."""
-    box = page.locator("#canvas").bounding_box()
     answers = int(page.evaluate("document.body.dataset.answers || 0"))
-    for points in strokes:
-        xy = [(box["x"] + u * box["width"], box["y"] + v * box["height"]) for u, v in points]
-        page.mouse.move(*xy[0])
-        page.mouse.down()
-        for x, y in xy[1:]:
-            page.mouse.move(x, y, steps=4)
-        page.mouse.up()
+    strokes_on(page, "#canvas", strokes, steps=4)
     page.wait_for_function(f"document.body.dataset.busy === 'false' && +document.body.dataset.answers > {answers}")
     return page.locator("#digit").get_attribute("data-digit")
 
@@ -197,12 +124,8 @@ def test_upload_sample_and_errors(browser, server_url):
     assert "true label" in info and "the model says" in info
     check_readout(page, page.locator("#digit").get_attribute("data-digit"))
 
-    phone = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2,
-                                is_mobile=True, has_touch=True, bypass_csp=True)
-    ppage = phone.new_page()
-    ppage.set_default_timeout(TIMEOUT_MS)
-    ppage.goto(server_url + "/")
-    ppage.wait_for_function("document.querySelector('#model-info').textContent.includes('test accuracy')")
+    phone, ppage, _ = open_page(browser, server_url, viewport={"width": 390, "height": 844}, device_scale_factor=2,
+                                is_mobile=True, has_touch=True)
     before = ppage.locator("#canvas").bounding_box()
     assert draw(ppage, DIGITS["7"]) == "7"
     check_readout(ppage, "7")

@@ -10,18 +10,13 @@ to /tmp/digitlab-numbers-*.png (docs/images/ holds copies for the README).
 from __future__ import annotations
 
 import shutil
-import socket
-import threading
-import time
 
 import pytest
+from browser_support import open_page, served, strokes_on
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = shutil.which("chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update"]
-TIMEOUT_MS = 15_000
+VIEWPORT = {"width": 1100, "height": 1000}
 SCREENSHOTS = {"number": "/tmp/digitlab-numbers-pad.png", "not_a_digit": "/tmp/digitlab-numbers-not-a-digit.png"}
 
 # Strokes in pad units (0..1 of its width and height). The number pad is three times wider than tall:
@@ -34,38 +29,6 @@ TWO = [[(0.36, 0.30), (0.40, 0.17), (0.47, 0.14), (0.53, 0.20), (0.52, 0.35), (0
 M = [[(0.15, 0.8), (0.2, 0.2), (0.5, 0.6), (0.8, 0.2), (0.85, 0.8)]]
 SEVEN = [[(0.25, 0.2), (0.75, 0.2), (0.45, 0.85)]]
 TRUST_TARGET = 0.95  # the session's model reads ~96% of digits right: it can't answer 99% (as tests/test_ood.py)
-
-
-def serve(run_path):
-    """A real uvicorn server for the run, on a free loopback port, in a thread: (url, stop)."""
-    import uvicorn
-
-    from digitlab.serving import create_app
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(run_path), log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            pytest.fail("the server did not start")
-        time.sleep(0.05)
-
-    def stop():
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
-    return f"http://127.0.0.1:{port}", stop
-
-
-@pytest.fixture(scope="module")
-def server_url(trained_run):
-    url, stop = serve(trained_run.path)
-    yield url
-    stop()
 
 
 @pytest.fixture(scope="module")
@@ -88,61 +51,18 @@ def trusted_run(trained_run, mnist, tmp_path_factory):
     return open_run(path)
 
 
-def missing(what: str, ci: bool):
-    message = f"{what}; the browser tests need it (bash scripts/setup.sh installs both)"
-    if ci:
-        pytest.fail(f"CI: {message}", pytrace=False)
-    pytest.skip(message)
-
-
-@pytest.fixture(scope="module")
-def browser(ci):
-    if not CHROMIUM:
-        missing("chromium is not installed (apt-get install chromium)", ci)
-    try:
-        from playwright import sync_api
-    except ImportError:
-        missing("Python Playwright is not installed (pip install playwright)", ci)
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
-def open_page(browser, url):
-    context = browser.new_context(bypass_csp=True, viewport={"width": 1100, "height": 1000})
-    page = context.new_page()
-    page.set_default_timeout(TIMEOUT_MS)
-    outside = []
-    page.on("request", lambda r: None if r.url.startswith((url, "data:", "blob:")) else outside.append(r.url))
-    page.goto(url + "/")
-    page.wait_for_function("document.querySelector('#model-info').textContent.includes('test accuracy')")
-    return context, page, outside
-
-
-def strokes_on(page, selector, strokes):
-    box = page.locator(selector).bounding_box()
-    for points in strokes:
-        xy = [(box["x"] + u * box["width"], box["y"] + v * box["height"]) for u, v in points]
-        page.mouse.move(*xy[0])
-        page.mouse.down()
-        for x, y in xy[1:]:
-            page.mouse.move(x, y, steps=6)
-        page.mouse.up()
-
-
 def write_number(page, strokes):
     """Write on the number pad and wait for its final reading; returns the number the page shows."""
     pad = "section.numpad"
     answers = int(page.evaluate(f"document.querySelector('{pad}').dataset.answers || 0"))
-    strokes_on(page, "#numcanvas", strokes)
+    strokes_on(page, "#numcanvas", strokes, steps=6)
     page.wait_for_function(f"(() => {{ const s = document.querySelector('{pad}'); "
                            f"return s.dataset.busy === 'false' && +s.dataset.answers > {answers}; }})()")
     return page.locator("#number").get_attribute("data-text")
 
 
 def test_the_number_pad_reads_42_and_boxes_each_digit(browser, server_url):
-    context, page, outside = open_page(browser, server_url)
+    context, page, outside = open_page(browser, server_url, viewport=VIEWPORT)
     assert write_number(page, FOUR + TWO) == "42"
     labels = page.locator("#num-labels .num-digit")
     assert [labels.nth(i).text_content() for i in range(labels.count())] == ["4", "2"]
@@ -169,15 +89,14 @@ def test_the_number_pad_reads_42_and_boxes_each_digit(browser, server_url):
 def draw_on_square_pad(page, strokes):
     page.keyboard.press("Escape")
     answers = int(page.evaluate("document.body.dataset.answers || 0"))
-    strokes_on(page, "#canvas", strokes)
+    strokes_on(page, "#canvas", strokes, steps=6)
     page.wait_for_function(f"document.body.dataset.busy === 'false' && +document.body.dataset.answers > {answers}")
     return page.locator("#digit").get_attribute("data-verdict")
 
 
 def test_a_letter_is_not_a_digit(browser, trusted_run):
-    url, stop = serve(trusted_run.path)
-    try:
-        context, page, outside = open_page(browser, url)
+    with served(trusted_run.path) as url:
+        context, page, outside = open_page(browser, url, viewport=VIEWPORT)
         assert draw_on_square_pad(page, SEVEN) == "digit"  # the trust model still answers a clear digit
         assert page.locator("#digit").get_attribute("data-digit") == "7"
         assert draw_on_square_pad(page, M) == "not_a_digit"
@@ -194,19 +113,13 @@ def test_a_letter_is_not_a_digit(browser, trusted_run):
             "height": max(left["height"], right["height"])})
         assert outside == []
         context.close()
-    finally:
-        stop()
 
 
 def test_the_number_pad_on_a_phone_stays_put_under_the_pen(browser, server_url):
     # The pad is the page's last element: scrolled to the bottom, a shorter answer line would shrink the page
     # and move the pad mid-stroke (it did: "42" was read as "16"). The status keeps two lines' room.
-    phone = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True,
-                                bypass_csp=True)
-    page = phone.new_page()
-    page.set_default_timeout(TIMEOUT_MS)
-    page.goto(server_url + "/")
-    page.wait_for_function("document.querySelector('#model-info').textContent.includes('test accuracy')")
+    phone, page, _ = open_page(browser, server_url, viewport={"width": 390, "height": 844}, is_mobile=True,
+                               has_touch=True)
     page.locator("#numcanvas").scroll_into_view_if_needed()
     before = page.locator("#numcanvas").bounding_box()
     assert write_number(page, FOUR + TWO) == "42"

@@ -284,57 +284,22 @@ def test_cli_stats_and_export(tmp_path, capsys):
 @pytest.mark.browser
 def test_page_corrects_a_misread_digit_and_the_stats_change(trained_run, tmp_path, ci):
     """Draw on the page, press the digit key for the right answer: the correction is stored, the stats move."""
-    import shutil
-    import threading
 
-    import uvicorn
-    chromium = shutil.which("chromium")
-    try:
-        from playwright import sync_api
-    except ImportError:
-        sync_api = None
-    if not chromium or sync_api is None:
-        if ci:
-            pytest.fail("CI: the page test needs chromium and Python Playwright", pytrace=False)
-        pytest.skip("chromium or Python Playwright is not installed (bash scripts/setup.sh installs both)")
+    from browser_support import chromium, open_page, served, strokes_on
     app = create_app(trained_run.path)
     app.state.feedback_db = tmp_path / "fb.sqlite"
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 60
-        while not server.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.05)
-        with sync_api.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium, args=["--headless", "--no-sandbox", "--disable-gpu"])
-            page = browser.new_context(bypass_csp=True).new_page()
-            page.set_default_timeout(15_000)
-            page.goto(url + "/")
-            page.wait_for_function("document.querySelector('#model-info').textContent.includes('test accuracy')")
-            assert page.locator("#feedback").is_hidden()  # nothing read yet: nothing to correct
-            box = page.locator("#canvas").bounding_box()
-            page.mouse.move(box["x"] + 0.5 * box["width"], box["y"] + 0.15 * box["height"])
-            page.mouse.down()
-            page.mouse.move(box["x"] + 0.5 * box["width"], box["y"] + 0.85 * box["height"], steps=12)
-            page.mouse.up()
-            page.wait_for_function("document.body.dataset.busy === 'false' && +document.body.dataset.answers > 0")
-            read = int(page.locator("#digit").get_attribute("data-digit"))
-            label = 4 if read != 4 else 9  # whatever it read, the user says it was something else
-            assert page.locator("#feedback").is_visible()
-            page.locator("#canvas").focus()
-            page.keyboard.press(str(label))
-            page.wait_for_function("document.querySelector('#feedback').dataset.total === '1'")
-            assert f"kept as a {label}" in page.locator("#feedback-status").text_content()
-            browser.close()
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
+    with served(app) as url, chromium(ci) as browser:
+        _, page, _ = open_page(browser, url)
+        assert page.locator("#feedback").is_hidden()  # nothing read yet: nothing to correct
+        strokes_on(page, "#canvas", [[(0.5, 0.15), (0.5, 0.85)]], steps=12)
+        page.wait_for_function("document.body.dataset.busy === 'false' && +document.body.dataset.answers > 0")
+        read = int(page.locator("#digit").get_attribute("data-digit"))
+        label = 4 if read != 4 else 9  # whatever it read, the user says it was something else
+        assert page.locator("#feedback").is_visible()
+        page.locator("#canvas").focus()
+        page.keyboard.press(str(label))
+        page.wait_for_function("document.querySelector('#feedback').dataset.total === '1'")
+        assert f"kept as a {label}" in page.locator("#feedback-status").text_content()
     with FeedbackStore.open(tmp_path / "fb.sqlite") as store:
         rows = list(store.corrections())
     assert [(c.label, c.predicted, c.original_kind) for c in rows] == [(label, read, "image")]

@@ -2,12 +2,9 @@
 bench/finetune.py, tiny settings (seconds)."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
+from bench_support import bench_module
 
 from digitlab.cli import main
 from digitlab.errors import ConfigError, DataError
@@ -21,15 +18,7 @@ from digitlab.scoring import accuracy
 @pytest.fixture(scope="module")
 def writer():
     """bench/finetune.py: its generated writer (continental 1s, crossed 7s, open 4s, straight-stemmed 9s)."""
-    path = Path(__file__).resolve().parents[1] / "bench" / "finetune.py"
-    spec = importlib.util.spec_from_file_location("bench_finetune", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while being defined
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        del sys.modules[spec.name]
-    return module
+    return bench_module("finetune")
 
 
 def test_stratified_holdout_keeps_every_label_on_both_sides():

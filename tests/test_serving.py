@@ -262,7 +262,7 @@ def test_page_report_and_static_files(client):
     assert r.status_code == 200 and "text/html" in r.headers["content-type"]
     assert "default-src 'self'" in r.headers["content-security-policy"]
     assert '<canvas id="canvas"' in r.text
-    for name in ("app.js", "style.css"):
+    for name in ("app.js", "pen.js", "numbers.js", "style.css"):
         assert client.get(f"/static/{name}").status_code == 200
     # Works offline: nothing is loaded from another host.
     for path in STATIC_DIR.iterdir():
@@ -362,25 +362,9 @@ def test_load_generator_arguments(load_module):
 
 
 def test_load_generator_against_a_live_server(load_module, trained_run):
-    import threading
-
-    import uvicorn
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(trained_run.path), log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 60
-        while not server.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.05)
-        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    from browser_support import served
+    with served(trained_run.path) as url:
         paced, flat_out = asyncio.run(load_module.run_all(url, [(4, 20.0), (2, 0.0)], 1.0, os.getpid()))
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
     assert paced.errors == 0 and 60 <= len(paced.latencies_ms) <= 84  # 4 clients x 20/s x 1 s
     assert flat_out.errors == 0 and len(flat_out.latencies_ms) > 20
     row = paced.row()

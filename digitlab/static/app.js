@@ -20,7 +20,6 @@ let classNames = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
 let blank = true;          // nothing on the canvas: nothing to send
 let undoStack = [];        // [{image: ImageData, blank}]
 let generation = 0;        // bumped when the canvas is replaced: late answers for the old one are dropped
-let drawing = null;        // {id, x, y} while a pointer is down
 
 // ------------------------------------------------------------------ the canvas
 
@@ -35,62 +34,17 @@ function snapshot() {
   if (undoStack.length > UNDO_DEPTH) undoStack.shift();
 }
 
-function canvasPoint(e) {
-  const r = canvas.getBoundingClientRect();
-  return { x: (e.clientX - r.left) * canvas.width / r.width, y: (e.clientY - r.top) * canvas.height / r.height };
-}
-
-function stroke(from, to) {
-  ctx.strokeStyle = INK;
-  ctx.lineWidth = Number(ui.brush.value);
-  ctx.lineCap = "round";
-  ctx.lineJoin = "round";
-  ctx.beginPath();
-  ctx.moveTo(from.x, from.y);
-  ctx.lineTo(to.x, to.y);
-  ctx.stroke();
-}
-
-function dot(p) {
-  ctx.fillStyle = INK;
-  ctx.beginPath();
-  ctx.arc(p.x, p.y, Number(ui.brush.value) / 2, 0, 2 * Math.PI);
-  ctx.fill();
-}
-
-canvas.addEventListener("pointerdown", (e) => {
-  if (e.pointerType === "mouse" && e.button !== 0) return;
-  e.preventDefault();
-  canvas.setPointerCapture(e.pointerId);
-  snapshot();
-  const p = canvasPoint(e);
-  drawing = { id: e.pointerId, ...p };
-  dot(p);  // a tap leaves a mark (a zero-length line draws nothing in some browsers)
-  blank = false;
-  requestPrediction(false);
+attachPen(ctx, {
+  ink: INK,
+  width: () => Number(ui.brush.value),
+  beforeStroke: snapshot,
+  onDown: () => {
+    blank = false;
+    live.request(false);
+  },
+  onMove: () => live.request(false),
+  onEnd: () => live.request(true),  // the final answer for the finished stroke
 });
-
-canvas.addEventListener("pointermove", (e) => {
-  if (!drawing || e.pointerId !== drawing.id) return;
-  e.preventDefault();
-  // Coalesced events keep fast strokes smooth where the browser batches pointer moves.
-  const events = e.getCoalescedEvents ? e.getCoalescedEvents() : [];
-  for (const ev of events.length ? events : [e]) {
-    const p = canvasPoint(ev);
-    stroke(drawing, p);
-    drawing.x = p.x;
-    drawing.y = p.y;
-  }
-  requestPrediction(false);
-});
-
-function endStroke(e) {
-  if (!drawing || e.pointerId !== drawing.id) return;
-  drawing = null;
-  requestPrediction(true);  // the final answer for the finished stroke
-}
-canvas.addEventListener("pointerup", endStroke);
-canvas.addEventListener("pointercancel", endStroke);
 
 function clearAll() {
   snapshot();
@@ -105,65 +59,25 @@ function undo() {
   ctx.putImageData(last.image, 0, 0);
   blank = last.blank;
   generation++;
-  if (blank) showIdle("Draw a digit."); else requestPrediction(true);
+  if (blank) showIdle("Draw a digit."); else live.request(true);
 }
 
 // ------------------------------------------------------------------ predictions
 
-let inFlight = false;
-let pending = null;        // {final} when the canvas changed since the last request
-let lastSent = 0;
-let timer = null;
-
-function requestPrediction(final) {
-  pending = { final: final || (pending && pending.final) };
-  pump();
-  markBusy();
-}
-
-async function pump() {
-  if (inFlight || !pending) return;
-  const wait = pending.final ? 0 : LIVE_INTERVAL_MS - (performance.now() - lastSent);
-  if (wait > 0) {
-    if (!timer) timer = setTimeout(() => { timer = null; pump(); }, wait);
-    return;
-  }
-  pending = null;
-  if (blank) {
-    markBusy();
-    return;
-  }
-  inFlight = true;
-  lastSent = performance.now();
-  const gen = generation;
-  try {
-    const blob = await canvasPng();
-    const result = await postPredict(blob, "image/png");
-    if (gen === generation) showPrediction(result);
-  } catch (err) {
-    if (gen === generation) showError(err);
-  } finally {
-    inFlight = false;
-    pump();
-    markBusy();
-  }
-}
-
 // For scripts and tests: <body data-busy> is "false" once no prediction is queued or running,
 // and data-answers counts the answers (or errors) shown so far.
-function markBusy() {
-  document.body.dataset.busy = String(inFlight || pending !== null);
-}
+const live = livePredictions({
+  intervalMs: LIVE_INTERVAL_MS,
+  isBlank: () => blank,
+  generation: () => generation,
+  read: async () => postPredict(await canvasPng(canvas, "canvas"), "image/png"),
+  show: showPrediction,
+  showError,
+  showBusy: (busy) => { document.body.dataset.busy = String(busy); },
+});
 
 function countAnswer() {
   document.body.dataset.answers = String(Number(document.body.dataset.answers || 0) + 1);
-}
-
-async function canvasPng() {
-  // Headless (and hidden) pages paint only when a frame is requested; toBlob would wait for one.
-  await new Promise((resolve) => requestAnimationFrame(resolve));
-  return new Promise((resolve, reject) =>
-    canvas.toBlob((b) => (b ? resolve(b) : reject(new Error("the canvas could not be read"))), "image/png"));
 }
 
 async function postPredict(body, type) {
@@ -173,21 +87,6 @@ async function postPredict(body, type) {
   const response = await fetch("/api/predict", init);
   const data = await readJson(response);
   data.roundTripMs = performance.now() - started;
-  return data;
-}
-
-async function readJson(response) {
-  let data;
-  try {
-    data = await response.json();
-  } catch {
-    throw new Error(`the server answered ${response.status} without JSON`);
-  }
-  if (!response.ok) {
-    const err = new Error(data.detail || `the server answered ${response.status}`);
-    err.kind = data.error;
-    throw err;
-  }
   return data;
 }
 
@@ -421,5 +320,5 @@ async function loadModelInfo() {
 resetCanvas();
 buildBars();
 setBars(null, -1);
-markBusy();
+live.markBusy();
 loadModelInfo();

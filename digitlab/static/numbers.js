@@ -17,17 +17,24 @@
 
   let blank = true;
   let generation = 0;    // bumped on clear: late answers for the old ink are dropped
-  let drawing = null;    // {id, x, y} while a pointer is down
-  let inFlight = false;
-  let pending = null;    // {final} when the pad changed since the last request
-  let lastSent = 0;
-  let timer = null;
 
   // For scripts and tests: <section data-busy> is "false" once no reading is queued or running, and
   // data-answers counts the readings (or errors) shown so far.
   const section = pad.closest("section");
-  function markBusy() { section.dataset.busy = String(inFlight || pending !== null); }
   function countAnswer() { section.dataset.answers = String(Number(section.dataset.answers || 0) + 1); }
+  const live = livePredictions({
+    intervalMs: NUM_LIVE_INTERVAL_MS,
+    isBlank: () => blank,
+    generation: () => generation,
+    read: async () => {
+      const body = await canvasPng(pad, "pad");
+      const init = { method: "POST", body, headers: { "Content-Type": "image/png" } };
+      return readJson(await fetch("/api/predict?mode=number", init));
+    },
+    show,
+    showError,
+    showBusy: (busy) => { section.dataset.busy = String(busy); },
+  });
 
   function reset() {
     ctx.fillStyle = PAPER;
@@ -37,103 +44,16 @@
     showIdle();
   }
 
-  function point(e) {
-    const r = pad.getBoundingClientRect();
-    return { x: (e.clientX - r.left) * pad.width / r.width, y: (e.clientY - r.top) * pad.height / r.height };
-  }
-
-  function brush() { return Number(ui.brush ? ui.brush.value : 20); }
-
-  pad.addEventListener("pointerdown", (e) => {
-    if (e.pointerType === "mouse" && e.button !== 0) return;
-    e.preventDefault();
-    pad.setPointerCapture(e.pointerId);
-    const p = point(e);
-    drawing = { id: e.pointerId, ...p };
-    ctx.fillStyle = INK;
-    ctx.beginPath();
-    ctx.arc(p.x, p.y, brush() / 2, 0, 2 * Math.PI);
-    ctx.fill();
-    blank = false;
-    request(false);
+  attachPen(ctx, {
+    ink: INK,
+    width: () => Number(ui.brush ? ui.brush.value : 20),
+    onDown: () => {
+      blank = false;
+      live.request(false);
+    },
+    onMove: () => live.request(false),
+    onEnd: () => live.request(true),
   });
-
-  pad.addEventListener("pointermove", (e) => {
-    if (!drawing || e.pointerId !== drawing.id) return;
-    e.preventDefault();
-    const events = e.getCoalescedEvents ? e.getCoalescedEvents() : [];
-    ctx.strokeStyle = INK;
-    ctx.lineWidth = brush();
-    ctx.lineCap = "round";
-    ctx.lineJoin = "round";
-    for (const ev of events.length ? events : [e]) {
-      const p = point(ev);
-      ctx.beginPath();
-      ctx.moveTo(drawing.x, drawing.y);
-      ctx.lineTo(p.x, p.y);
-      ctx.stroke();
-      drawing.x = p.x;
-      drawing.y = p.y;
-    }
-    request(false);
-  });
-
-  function endStroke(e) {
-    if (!drawing || e.pointerId !== drawing.id) return;
-    drawing = null;
-    request(true);
-  }
-  pad.addEventListener("pointerup", endStroke);
-  pad.addEventListener("pointercancel", endStroke);
-
-  function request(final) {
-    pending = { final: final || (pending && pending.final) };
-    pump();
-    markBusy();
-  }
-
-  async function pump() {
-    if (inFlight || !pending) return;
-    const wait = pending.final ? 0 : NUM_LIVE_INTERVAL_MS - (performance.now() - lastSent);
-    if (wait > 0) {
-      if (!timer) timer = setTimeout(() => { timer = null; pump(); }, wait);
-      return;
-    }
-    pending = null;
-    if (blank) {
-      markBusy();
-      return;
-    }
-    inFlight = true;
-    lastSent = performance.now();
-    const gen = generation;
-    try {
-      // Headless (and hidden) pages paint only when a frame is requested; toBlob would wait for one.
-      await new Promise((resolve) => requestAnimationFrame(resolve));
-      const blob = await new Promise((resolve, reject) =>
-        pad.toBlob((b) => (b ? resolve(b) : reject(new Error("the pad could not be read"))), "image/png"));
-      const response = await fetch("/api/predict?mode=number", {
-        method: "POST", body: blob, headers: { "Content-Type": "image/png" } });
-      let data;
-      try {
-        data = await response.json();
-      } catch {
-        throw new Error(`the server answered ${response.status} without JSON`);
-      }
-      if (!response.ok) {
-        const err = new Error(data.detail || `the server answered ${response.status}`);
-        err.kind = data.error;
-        throw err;
-      }
-      if (gen === generation) show(data);
-    } catch (err) {
-      if (gen === generation) showError(err);
-    } finally {
-      inFlight = false;
-      pump();
-      markBusy();
-    }
-  }
 
   function digitText(d) {
     if (d.verdict === "not_a_digit") return "✗";
@@ -196,5 +116,5 @@
 
   $("num-clear").addEventListener("click", reset);
   reset();
-  markBusy();
+  live.markBusy();
 })();
