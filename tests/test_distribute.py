@@ -130,7 +130,9 @@ def test_a_killed_process_ends_the_job_with_a_clear_error(tmp_path):
     first = start_process([*args, "--out", str(tmp_path / "run")], 0, port, ["--timeout", "20"])
     second = start_process(args, 1, port, ["--timeout", "20"])
     deadline = time.monotonic() + 120
-    while not (tmp_path / "run" / "history.csv").exists():  # an epoch is done: both are training
+    # an epoch is done and recorded (state.json comes after history.csv and the collective model save): both are
+    # training the next one
+    while (Run(tmp_path / "run").state.epochs_completed or 0) < 1:
         assert time.monotonic() < deadline and first.poll() is None, first.communicate()[1][-3000:]
         time.sleep(0.2)
     os.killpg(second.pid, signal.SIGKILL)
