@@ -37,6 +37,7 @@ import numpy as np
 from digitlab.atomic import atomic_path
 from digitlab.data import NUM_CLASSES
 from digitlab.errors import USAGE, ConfigError, DigitlabError
+from digitlab.scoring import softmax_rows
 
 N_JOBS = 2  # worker threads per model (trees, neighbour search, OpenMP loops): the project's machines have 2
 # BLAS threads (matrix products inside L-BFGS and k-means). One, because OpenBLAS threads spin while they
@@ -221,9 +222,7 @@ def predict_proba(model, x: np.ndarray) -> np.ndarray:
         if hasattr(model, "predict_proba"):
             return np.asarray(model.predict_proba(x), dtype=np.float32)
         scores = np.asarray(model.decision_function(x), dtype=np.float64)
-    scores -= scores.max(axis=1, keepdims=True)
-    e = np.exp(scores)
-    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+    return softmax_rows(scores).astype(np.float32)
 
 
 CALIBRATION = "isotonic"  # CalibratedClassifierCV's method for the classic models: see fit_calibrator

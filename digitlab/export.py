@@ -19,7 +19,8 @@ this process, whatever the backend. Everything else goes through Keras' `model.e
 TF Lite converter for LiteRT), which runs on the TensorFlow backend only (Keras on JAX would need jax2onnx and
 its large dependency tree); a .keras file loads on either backend, so a process whose Keras runs on JAX exports
 those in a fresh `digitlab export` process on TensorFlow (ExportWorker; `start_export` starts it early, so
-that `digitlab train` evaluates while it converts). export.json records which converter made each file.
+that `digitlab train` evaluates while it converts; ExportHere is the in-process case). export.json records
+which converter made each file.
 """
 from __future__ import annotations
 
@@ -64,44 +65,41 @@ def export_run(run: Run, formats=("onnx",), dataset: Dataset | None = None) -> d
 def export_runs(runs: list[Run], formats=("onnx",), dataset: Dataset | None = None) -> list[dict[str, ExportCheck]]:
     """export_run for several runs of one dataset (a --seeds group): one worker process at most, data loaded once.
     Every run is tried; ExportError at the end names those that failed."""
+    with start_export(runs, formats, dataset) as export:
+        return export.result()
+
+
+def start_export(runs: list[Run], formats=("onnx",), dataset: Dataset | None = None) -> ExportWorker | ExportHere:
+    """Start exporting `runs`; result() waits for the checks. Where Keras' converters are needed and Keras does not
+    run on TensorFlow here (a format other than ONNX, or a model onnx_writer does not write), a worker process on
+    TensorFlow starts converting at once, while this process goes on (train evaluates meanwhile); otherwise the
+    models are loaded now and converted in this process by result(). Leaving a `with` block stops a worker."""
     formats = _known(formats)
-    if _needs_worker(runs, formats):
-        return ExportWorker(runs, formats).result()
-    failures, results = [], []
-    for run in runs:
-        if dataset is None or dataset.name != run.config.dataset:
-            dataset = load_dataset(run.config.dataset)
-        try:
-            results.append(_export_checked(run, formats, dataset))
-        except ExportError as exc:
-            failures.append(str(exc))
-    if failures:
-        raise ExportError("\n".join(failures))
-    return results
+    sources = _sources_here(runs, formats)
+    return ExportWorker(runs, formats) if sources is None else ExportHere(runs, formats, dataset, sources)
 
 
-def start_export(runs: list[Run], formats=("onnx",)) -> ExportWorker | None:
-    """Where export_runs would use a worker process (Keras not on TensorFlow), start it now and return it, so that
-    it converts while this process goes on (train evaluates meanwhile); None where the export runs in-process."""
-    formats = _known(formats)
-    return ExportWorker(runs, formats) if _needs_worker(runs, formats) else None
-
-
-def _needs_worker(runs: list[Run], formats: tuple[str, ...]) -> bool:
-    """Whether the export must run in a process on TensorFlow: Keras runs on another backend here, and some run
-    needs Keras' converters (a format other than ONNX, or a model onnx_writer does not write)."""
+def _sources_here(runs: list[Run], formats: tuple[str, ...]) -> list[tuple] | None:
+    """For each run, (its model.keras's SHA-256, the loaded Keras model, onnx_writer's ONNX bytes or None) when this
+    process can export them all; None when a TensorFlow worker must."""
     from digitlab.onnx_writer import dense_chain_onnx  # here: onnx is in the training extra, like Keras
-    if _keras_backend() == "tensorflow":
-        return False
-    if formats != ("onnx",):
-        return True
+    tensorflow = _keras_backend() == "tensorflow"
+    if not tensorflow and formats != ("onnx",):
+        return None
+    sources = []
     for run in runs:
+        sha256 = run.model_sha256()  # before loading: a file replaced meanwhile makes the export stale, not wrong
         try:
-            if dense_chain_onnx(load_keras_model(run.model_path)) is None:
-                return True
+            model = load_keras_model(run.model_path)
         except DigitlabError:
-            return True  # the worker reports it, as for any export
-    return False
+            if tensorflow:
+                raise
+            return None  # the worker reports it, as for any export
+        written = dense_chain_onnx(model) if "onnx" in formats else None  # a dense chain: no converter needed
+        if written is None and not tensorflow:
+            return None
+        sources.append((sha256, model, written))
+    return sources
 
 
 def _known(formats) -> tuple[str, ...]:
@@ -120,15 +118,14 @@ def _keras_backend() -> str:
     return keras.backend.backend()
 
 
-def _export_checked(run: Run, formats: tuple[str, ...], ds: Dataset) -> dict[str, ExportCheck]:
-    source_sha256 = run.model_sha256()  # before loading: a file replaced meanwhile makes the export stale, not wrong
-    model = load_keras_model(run.model_path)
+def _export_checked(run: Run, formats: tuple[str, ...], ds: Dataset, source: tuple) -> dict[str, ExportCheck]:
+    """Export one run in this process; source: (model.keras's SHA-256, the loaded model, onnx_writer's bytes or
+    None), as _sources_here gives them."""
+    source_sha256, model, written = source
     x, y = scale(ds.x_test), ds.y_test.astype(int)
     keras_predictor = Predictor.from_keras(model)
     reference = keras_predictor.outputs(x)  # (n, classes) probabilities and (n, d) features: what the export must give
-    from digitlab.onnx_writer import dense_chain_onnx
     checks, failed = {}, []
-    written = dense_chain_onnx(model) if "onnx" in formats else None  # a dense chain: no converter needed
     for fmt in formats:
         # ONNX also outputs the penultimate features (the trust model's Mahalanobis score); LiteRT, probabilities only
         exported_model = (features_model(model) or model) if fmt == "onnx" else model
@@ -273,7 +270,33 @@ def describe(check: ExportCheck) -> str:
                f", with the penultimate features (largest difference {check.max_feature_diff:.1g} of the largest)"))
 
 
-# ---------------------------------------------------------------- a worker on TensorFlow
+# ---------------------------------------------------------------- where the export runs
+
+class ExportHere:
+    """The export in this process, of models start_export loaded already: result() converts and checks them."""
+
+    def __init__(self, runs: list[Run], formats: tuple[str, ...], dataset: Dataset | None, sources: list[tuple]):
+        self.runs, self.formats, self.dataset, self.sources = runs, formats, dataset, sources
+
+    def __enter__(self) -> ExportHere:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def result(self) -> list[dict[str, ExportCheck]]:
+        failures, results, dataset = [], [], self.dataset
+        for run, source in zip(self.runs, self.sources, strict=True):
+            if dataset is None or dataset.name != run.config.dataset:
+                dataset = load_dataset(run.config.dataset)
+            try:
+                results.append(_export_checked(run, self.formats, dataset, source))
+            except ExportError as exc:
+                failures.append(str(exc))
+        if failures:
+            raise ExportError("\n".join(failures))
+        return results
+
 
 class ExportWorker:
     """`digitlab export` on the TensorFlow backend in a fresh process, started at once; result() waits for it and

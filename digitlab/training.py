@@ -164,14 +164,10 @@ def check(cfg: TrainConfig) -> None:
 
 
 def with_engine(cfg: TrainConfig, callbacks=None) -> TrainConfig:
-    """cfg with its engine resolved ("auto" becomes scan or fit); --engine scan where it can't run is a ConfigError.
-
-    auto picks scan for dense networks only: for them Python's per-batch work is most of fit's time; a CNN's
-    batches are compute-bound, and XLA on these CPUs ran fastcnn's epoch as one scan about 6x slower than fit."""
+    """cfg with its engine resolved (engines.resolve_engine); --engine scan where it can't run is a ConfigError."""
     if cfg.engine == "scan" and (why := scan_unavailable_reason(callbacks)):
         raise ConfigError(f"--engine scan can't run here: {why}. Use --engine fit (or auto)")
-    asked = "fit" if cfg.engine == "auto" and model_family(cfg.model) != "dense" else cfg.engine
-    return dataclasses.replace(cfg, engine=resolve_engine(asked, callbacks))
+    return dataclasses.replace(cfg, engine=resolve_engine(cfg.engine, callbacks, model_family(cfg.model)))
 
 
 def _check_finite(value, name: str) -> None:

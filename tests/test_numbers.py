@@ -6,13 +6,12 @@ seed-ann (conftest.trained_predictor).
 """
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from bench_support import bench_module
 from scipy import ndimage
 
 from digitlab.errors import ConfigError, InputImageError
@@ -24,12 +23,7 @@ from digitlab.segmentation import segment
 @pytest.fixture(scope="module")
 def bench():
     """bench/read_numbers.py, the generator of numbers (a script, so loaded from its path)."""
-    spec = importlib.util.spec_from_file_location("bench_numbers", Path(__file__).parents[1] / "bench" / "read_numbers.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up while being defined
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    return bench_module("read_numbers")
 
 
 def iou(a, b) -> float:

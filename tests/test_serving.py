@@ -340,14 +340,8 @@ def test_cli_serves_on_loopback_and_stops_cleanly(trained_run):
 
 @pytest.fixture(scope="module")
 def load_module():
-    import importlib.util
-    from pathlib import Path
-    spec = importlib.util.spec_from_file_location("bench_load", Path(__file__).parents[1] / "bench" / "load.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up while being defined
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    from bench_support import bench_module
+    return bench_module("load")
 
 
 def test_load_generator_arguments(load_module):

@@ -33,7 +33,7 @@ def cmd_export(args) -> int:
 
 def export_and_print(runs, formats=("onnx",), dataset=None, started=None) -> None:
     """Export `runs` and print one line per file kept; what `train` and `ensemble` call when they finish.
-    `started`: the export.ExportWorker already converting them (export.start_export), to wait for."""
+    `started`: the export already started (export.start_export), to wait for."""
     from digitlab.export import describe, export_runs
     results = started.result() if started else export_runs(runs, formats, dataset=dataset)
     for run, checks in zip(runs, results, strict=True):

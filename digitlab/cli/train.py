@@ -465,6 +465,7 @@ def _report_run(train_one, dataset, folder: Path | None, export: bool = True, lo
     `logger`: a tracking.MlflowLogger, finished with the evaluated run (or marked killed or failed)."""
     from digitlab.cli.summary import print_summary
     from digitlab.evaluation import evaluate_run
+    from digitlab.export import start_export
     with contextlib.ExitStack() as stack:
         with _locked(folder):
             try:
@@ -477,9 +478,10 @@ def _report_run(train_one, dataset, folder: Path | None, export: bool = True, lo
                 if logger:
                     logger.finish(status="FAILED")
                 raise
-            # On JAX the export converts in a process of its own (on TensorFlow): started now, it works while this
-            # one evaluates. It writes only model.onnx and export.json; stopped if evaluation fails or is interrupted.
-            started = stack.enter_context(_started_export(run)) if export else None
+            # Where the export needs a process of its own (Keras' converters on TensorFlow, training on JAX), it
+            # starts now and converts while this one evaluates. It writes only model.onnx and export.json; stopped
+            # if evaluation fails or is interrupted.
+            started = stack.enter_context(start_export([run], dataset=dataset)) if export else None
             evaluate_run(run, dataset=dataset)
             if logger:
                 logger.finish(run)
@@ -488,17 +490,6 @@ def _report_run(train_one, dataset, folder: Path | None, export: bool = True, lo
             from digitlab.cli.export import export_after
             export_after([run], dataset=dataset, started=started)
     return 0
-
-
-@contextlib.contextmanager
-def _started_export(run):
-    from digitlab.export import start_export
-    worker = start_export([run])
-    if worker is None:
-        yield None
-        return
-    with worker:
-        yield worker
 
 
 def _report_group(train_group, folder: Path | None, claim=None, export: bool = True) -> int:
