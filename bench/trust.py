@@ -63,7 +63,7 @@ def worker(model: str, seed: int, out: Path, per_kind: int, fashion: int, oe_per
     from digitlab.config import TrainConfig
     from digitlab.data import load_mnist, prepare_split
     from digitlab.drawing import drawings, to_gray
-    from digitlab.ood import Scorer
+    from digitlab.ood import DETECTOR_NEGATIVES_PER_KIND, Scorer
     from digitlab.preprocessing import to_mnist
     from digitlab.runs import open_run
 
@@ -77,6 +77,7 @@ def worker(model: str, seed: int, out: Path, per_kind: int, fashion: int, oe_per
     sets = {
         "split": prepare_split(cfg, ds), "ds": ds,
         "fit": nondigits.split("fit", per_kind), "holdout": nondigits.split("holdout", per_kind),
+        "negatives": nondigits.cached_split("train", DETECTOR_NEGATIVES_PER_KIND),  # the detector's
         "fashion": nondigits.fashion_mnist_test(fashion or None),
         # the drawn-digit test's 160 drawings, and 80 more inverted: light ink on a dark ground
         "drawn": [(d, to_mnist(to_gray(im))) for s in (0, 1) for _, d, im in drawings(s)]
@@ -110,13 +111,15 @@ def measure(scorer, sets: dict, seed: int) -> dict:
     val_out = scorer.outputs(scale(split.x_val))
     test_out = scorer.outputs(scale(ds.x_test))
     fit_out, holdout_out = scorer.outputs(fit_set.x), scorer.outputs(holdout.x)
+    negatives_out = scorer.outputs(sets["negatives"].x)
     fashion_out = scorer.outputs(sets["fashion"])
     drawn_out = scorer.outputs(np.stack([x for _, x in sets["drawn"]]))
     drawn_y = np.array([d for d, _ in sets["drawn"]])
     methods, default_trust = {}, None
     for method in METHODS:
         trust = fit_trust_outputs(scorer, train_out, split.y_train[pick], val_out, split.y_val, fit_out, method,
-                                  nondigit_version=fit_set.version, nondigit_sha256=fit_set.sha256)
+                                  nondigit_version=fit_set.version, nondigit_sha256=fit_set.sha256,
+                                  negatives_out=negatives_out, seed=seed)
         ev = evaluate_trust(trust, test_out, ds.y_test, {"fashion": fashion_out, "nondigits": holdout_out})
         ood = {r.name: r for r in ev.ood}
         verdicts = trust.judge(drawn_out.proba, drawn_out.features)
@@ -210,8 +213,8 @@ def cost(scorer, trust, x, rounds: int = 15) -> dict:
         "plain_1": (lambda: scorer.predictor.predict_proba(one), 40, 1),
         "trust_1": (lambda: with_trust(one), 40, 1),
         "judge_1": (lambda: trust.judge(out1.proba, out1.features), 40, 1),
-        "plain_batch": (lambda: scorer.predictor.predict_proba(x), 1, len(x)),
-        "trust_batch": (lambda: with_trust(x), 1, len(x)),
+        "plain_batch": (lambda: scorer.predictor.predict_proba(x), 3, len(x)),
+        "trust_batch": (lambda: with_trust(x), 3, len(x)),
     }
     for fn, _, _ in calls.values():
         fn()  # warm up: compilation, first-call allocations

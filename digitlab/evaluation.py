@@ -7,15 +7,15 @@ Artefacts, all written atomically into the folder: metrics.json, classification_
 confusion_matrix.{csv,png}, confused_pairs.txt, misclassified.png, loss.png and accuracy.png (when a
 history is given) and report.html, one self-contained page with all of it.
 
-For a run, evaluation also fits its trust model (issue 11, docs/trust.md) and stores it in the run
-(trust.json, trust.npz): the temperature and both thresholds on digits the model never trained on (its
-validation split, and the training images a --train-size left out; for an ensemble, those no member
-trained on), the class Gaussians of the Mahalanobis score on its training images, the non-digit set's fit
-part for the thresholds. A run with no such images (--val test, or --val 0 on every training image) is
-fitted on a seeded split of its training images instead, and its report says so. The report then shows
-the reliability diagram, ECE/NLL/Brier before and after calibration, the accuracy-coverage curve and
-table, and the OOD figures against the non-digit set's held-out part and, when it is on this machine
-(cache or DIGITLAB_DATA_DIR: evaluation never downloads it), Fashion-MNIST's test set.
+For a run, evaluation also fits its trust model (issue 11, docs/trust.md) and stores it in the run (trust.json,
+trust.npz): the temperature and both thresholds on digits the model never trained on (its validation split, and
+the training images a --train-size left out; for an ensemble, those no member trained on), the class Gaussians
+of the Mahalanobis score and the non-digit detector on its training images (the detector against the non-digit
+set's train part), the non-digit set's fit part for the thresholds. A run with no such images (--val test, or
+--val 0 on every training image) is fitted on a seeded split of its training images instead, and its report says
+so. The report then shows the reliability diagram, ECE/NLL/Brier before and after calibration, the
+accuracy-coverage curve and table, and the OOD figures against the non-digit set's held-out part and, when it is
+on this machine (cache or DIGITLAB_DATA_DIR: evaluation never downloads it), Fashion-MNIST's test set.
 """
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ from digitlab.data import Dataset, load_dataset, prepare_split, scale
 from digitlab.errors import DigitlabError, RunError
 from digitlab.ood import (
     DEFAULT_METHOD,
+    DETECTOR_NEGATIVES_PER_KIND,
     FEATURE_IMAGES,
     Scorer,
     TrustEvaluation,
@@ -261,15 +262,20 @@ def add_trust(run: Run, ds: Dataset, predictor: Predictor, test_out: Outputs, co
     scorer = Scorer(predictor)
     fit = trust_fit_split(run, ds)
     x_train, y_train = _training_images(run, ds)
-    train_out = None
-    if DEFAULT_METHOD == "mahalanobis" and scorer.has_features:  # the class Gaussians, on the training images
+    train_out = negatives_out = negatives = None
+    if DEFAULT_METHOD in ("mahalanobis", "detector") and scorer.has_features:
+        # the class Gaussians and the detector's digits, on the training images
         pick = np.sort(np.random.default_rng(_seed(run)).permutation(len(y_train))[:FEATURE_IMAGES])
         train_out, y_train = scorer.outputs(scale(x_train[pick])), y_train[pick]
+        if DEFAULT_METHOD == "detector":
+            negatives = nondigit_set("train", DETECTOR_NEGATIVES_PER_KIND)
+            negatives_out = scorer.outputs(negatives.x)
     fit_set = nondigit_set("fit")
     trust = fit_trust_outputs(scorer, train_out, y_train, scorer.outputs(scale(fit.x)), fit.y,
                               scorer.outputs(fit_set.x), method=DEFAULT_METHOD, nondigit_version=fit_set.version,
                               nondigit_sha256=fit_set.sha256, fitted_on=fit.fitted_on,
-                              model_sha256=run.model_sha256())
+                              model_sha256=run.model_sha256(), negatives_out=negatives_out,
+                              negative_sha256=negatives.sha256 if negatives is not None else None, seed=_seed(run))
     run.write_trust(trust)
 
     out_sets = {NONDIGITS_HOLDOUT: scorer.outputs(nondigit_set("holdout").x)}
@@ -372,9 +378,9 @@ def _seed(run: Run) -> int:
 
 
 @functools.cache
-def nondigit_set(part: str) -> nondigits.NonDigitSet:
+def nondigit_set(part: str, per_kind: int = NONDIGITS_PER_KIND) -> nondigits.NonDigitSet:
     """A part of the project's non-digit set, drawn once per process (a --seeds group evaluates several runs)."""
-    return nondigits.cached_split(part, per_kind=NONDIGITS_PER_KIND)
+    return nondigits.cached_split(part, per_kind=per_kind)
 
 
 def fashion_test() -> np.ndarray | None:

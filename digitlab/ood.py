@@ -2,7 +2,8 @@
 its evaluation, and its report figures.
 
     scorer = Scorer.from_run(run)          # probabilities and penultimate features in one forward pass
-    trust = fit_trust(scorer, split.x_train, split.y_train, split.x_val, split.y_val, nondigits.split("fit"))
+    trust = fit_trust(scorer, split.x_train, split.y_train, split.x_val, split.y_val, nondigits.split("fit"),
+                      negatives=nondigits.split("train", DETECTOR_NEGATIVES_PER_KIND))
     result = evaluate_trust(trust, scorer.outputs(x_test), y_test,
                             {"fashion-mnist": scorer.outputs(x_fashion), "non-digits": scorer.outputs(holdout.x)})
     png = reliability_png(raw_test_proba, trust.calibrate(raw_test_proba), y_test)
@@ -33,14 +34,22 @@ from digitlab.trust import (
     Thresholds,
     TrustModel,
     coverage_curve,
+    detector_logit,
     fit_gaussians,
     fit_thresholds,
+    mahalanobis_score,
     selective_table,
     verdict_kinds,
 )
 
-DEFAULT_METHOD = "mahalanobis"  # measured: see docs/trust.md
+DEFAULT_METHOD = "detector"  # measured: see docs/trust.md
 FEATURE_IMAGES = 20_000  # training images the class Gaussians are fitted on (a seeded sample): enough for d <= 256
+# The detector: trained on those training images against this many generated non-digits of each kind (the set's
+# train part, 2,700 pictures); one hidden layer of DETECTOR_HIDDEN units. Measured on bestcnn, fastcnn and seed-ann
+# (docs/trust.md): 16-64 units, 100-300 of each kind and 10,000-20,000 digits all did within a few points.
+DETECTOR_NEGATIVES_PER_KIND = 300
+DETECTOR_HIDDEN = 32
+SCORE_QUANTILE = 0.99  # each score of the detector method is scaled to 1 at this quantile of the validation digits
 
 
 # ---------------------------------------------------------------- features
@@ -84,42 +93,59 @@ class Scorer:
 
 def fit_trust(scorer: Scorer, x_train, y_train, x_val, y_val, nondigits, method: str = DEFAULT_METHOD,
               target_acceptance: float = DEFAULT_ACCEPTANCE, feature_images: int = FEATURE_IMAGES,
-              seed: int = 0, **provenance) -> TrustModel:
+              seed: int = 0, negatives=None, **provenance) -> TrustModel:
     """Fit the temperature and the OOD statistics, then both thresholds, for one model.
 
-    x_train/y_train: training images for the class Gaussians (a seeded sample of `feature_images`);
-    x_val/y_val: the validation split (temperature, thresholds); `nondigits`: the fit part of the
-    non-digit set (a digitlab.nondigits.NonDigitSet: .x, .version, .sha256). Without features
-    (an ensemble) the method falls back to msp. `provenance`: TrustModel's fitted_on and model_sha256.
+    x_train/y_train: training images for the class Gaussians and the detector's digits (a seeded sample of
+    `feature_images`); x_val/y_val: the validation split (temperature, thresholds); `nondigits`: the fit part
+    of the non-digit set (a digitlab.nondigits.NonDigitSet: .x, .version, .sha256); `negatives`: the detector's
+    non-digits, another part of the set (default: its train part, DETECTOR_NEGATIVES_PER_KIND of each kind).
+    Without features (an ensemble) the method falls back to msp. `provenance`: TrustModel's fitted_on and
+    model_sha256.
     """
-    train_out = None
-    if method == "mahalanobis" and scorer.has_features:
+    train_out = negatives_out = None
+    if method in ("mahalanobis", "detector") and scorer.has_features:
         pick = np.random.default_rng(seed).permutation(len(y_train))[:feature_images]
         pick.sort()
         train_out = scorer.outputs(x_train[pick])
         y_train = np.asarray(y_train)[pick]
+    if method == "detector" and scorer.has_features:
+        if negatives is None:
+            from digitlab import nondigits as nondigit_sets
+            negatives = nondigit_sets.cached_split("train", DETECTOR_NEGATIVES_PER_KIND)
+        negatives_out = scorer.outputs(negatives.x)
     return fit_trust_outputs(scorer, train_out, y_train, scorer.outputs(x_val), y_val, scorer.outputs(nondigits.x),
                              method=method, target_acceptance=target_acceptance,
                              nondigit_version=getattr(nondigits, "version", None),
-                             nondigit_sha256=getattr(nondigits, "sha256", None), **provenance)
+                             nondigit_sha256=getattr(nondigits, "sha256", None), negatives_out=negatives_out,
+                             negative_sha256=getattr(negatives, "sha256", None), seed=seed, **provenance)
 
 
 def fit_trust_outputs(scorer: Scorer, train_out: Outputs | None, y_train, val_out: Outputs, y_val,
                       nd_out: Outputs, method: str = DEFAULT_METHOD, target_acceptance: float = DEFAULT_ACCEPTANCE,
                       nondigit_version: int | None = None, nondigit_sha256: str | None = None,
-                      fitted_on: str = "validation", model_sha256: str | None = None) -> TrustModel:
+                      fitted_on: str = "validation", model_sha256: str | None = None,
+                      negatives_out: Outputs | None = None, negative_sha256: str | None = None,
+                      seed: int = 0) -> TrustModel:
     """fit_trust on outputs already computed (the bench fits every method on one forward pass; evaluation
-    scores the test set with the same pass it judges)."""
+    scores the test set with the same pass it judges). `negatives_out`: the detector's non-digits."""
     if method not in METHODS:
         raise ValueError(f"unknown OOD method {method!r}; choose one of: {', '.join(METHODS)}")
     if not scorer.has_features:
         method = "msp"
     y_val = np.asarray(y_val).astype(int)
     arrays: dict = {}
-    if method == "mahalanobis":
+    provenance: dict = {}
+    if method in ("mahalanobis", "detector"):
         if train_out is None:
-            raise ValueError("the mahalanobis method needs the training images' outputs")
+            raise ValueError(f"the {method} method needs the training images' outputs")
         arrays["means"], arrays["precision"] = fit_gaussians(train_out.features, y_train, val_out.proba.shape[1])
+    if method == "detector":
+        if negatives_out is None or not len(negatives_out.proba):
+            raise ValueError("the detector method needs generated non-digits to train on (the non-digit set's "
+                             "train part)")
+        arrays.update(fit_detector(train_out.features, negatives_out.features, val_out.features, arrays, seed))
+        provenance = dict(negative_images=len(negatives_out.proba), negative_sha256=negative_sha256)
     elif method == "energy":
         arrays["head_kernel"], arrays["head_bias"] = scorer.head_kernel, scorer.head_bias
     temperature = fit_temperature(log_proba(val_out.proba), y_val)
@@ -134,7 +160,47 @@ def fit_trust_outputs(scorer: Scorer, train_out: Outputs | None, y_train, val_ou
                       nondigit_images=len(nd_out.proba), nondigit_version=nondigit_version,
                       nondigit_sha256=nondigit_sha256, feature_layer=scorer.feature_layer,
                       feature_images=len(train_out.proba) if train_out is not None else None,
-                      fitted_on=fitted_on, model_sha256=model_sha256, **arrays)
+                      fitted_on=fitted_on, model_sha256=model_sha256, **provenance, **arrays)
+
+
+def fit_detector(digit_features: np.ndarray, negative_features: np.ndarray, val_features: np.ndarray,
+                 gaussians: dict, seed: int = 0) -> dict[str, np.ndarray]:
+    """The detector method's arrays (trust.DETECTOR_ARRAYS): a one-hidden-layer network (scikit-learn's
+    MLPClassifier) on [features, log(1 + Mahalanobis distance)] telling digits (0) from generated non-digits (1),
+    the negatives repeated to balance the classes; then both scores' medians and spreads on the validation digits.
+    `gaussians`: the fitted means and precision."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.preprocessing import StandardScaler
+
+    def inputs(features):
+        distance = mahalanobis_score(features, gaussians["means"], gaussians["precision"])
+        return np.concatenate([np.asarray(features, np.float64), np.log1p(distance)[:, None]], axis=1), distance
+
+    digits, _ = inputs(digit_features)
+    negatives, _ = inputs(negative_features)
+    negatives = np.repeat(negatives, max(1, len(digits) // len(negatives)), axis=0)
+    x = np.concatenate([digits, negatives])
+    y = np.concatenate([np.zeros(len(digits)), np.ones(len(negatives))])
+    scaler = StandardScaler().fit(x)
+    net = MLPClassifier(hidden_layer_sizes=(DETECTOR_HIDDEN,), alpha=1e-2, max_iter=200, random_state=seed)
+    with warnings.catch_warnings():  # stopping at max_iter is fine: the thresholds are fitted on what it gives
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        net.fit(scaler.transform(x), y)
+    arrays = {"detector_input": np.stack([scaler.mean_, scaler.scale_]),
+              "detector_kernel": net.coefs_[0], "detector_bias": net.intercepts_[0],
+              "detector_out": np.concatenate([net.coefs_[1][:, 0], net.intercepts_[1]])}
+    _, val_distance = inputs(val_features)
+    logit = detector_logit(val_features, val_distance, arrays["detector_input"], arrays["detector_kernel"],
+                           arrays["detector_bias"], arrays["detector_out"])
+    scales = []
+    for score in (np.log1p(val_distance), logit):
+        median = float(np.median(score))
+        scales.append((median, max(float(np.quantile(score, SCORE_QUANTILE)) - median, 1e-9)))
+    arrays["score_scales"] = np.array(scales, np.float64)
+    return arrays
 
 
 # ---------------------------------------------------------------- measuring

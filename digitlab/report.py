@@ -71,10 +71,15 @@ def trust_section(figures, trust, pngs: dict[str, bytes], notes: list[str]) -> d
              f"{f.confidence_threshold:.3f} and its {esc(f.method)} OOD score is at most the OOD threshold; "
              f"<b>unsure</b> (best guess and runner-up) below that probability; <b>not a digit</b> when the OOD score "
              f"is {esc(ood)}; <b>blank</b> when preprocessing finds no ink. Temperature T = {f.temperature:.3f}. "
-             f"Thresholds chosen to answer at least {trust.target_acceptance:.1%} of {f.fit_images:,} fitting digits "
+             f"Thresholds chosen to answer at least {trust.target_acceptance:.2%} of {f.fit_images:,} fitting digits "
              f"as <b>digit</b> (reached: {_pct(trust.val_acceptance)}) and, within that, to reject as many of "
              f"{trust.nondigit_images or 0} generated non-digits as possible (rejected: {_pct(trust.fit_rejection)}). "
              f"<code>digitlab predict --threshold/--ood-threshold</code> overrides them.</p>"]
+    if trust.method == "detector":
+        parts.append(f"<p>The detector OOD score is the larger of two, each scaled to 1 at the fitting digits' 99th "
+                     f"percentile: the Mahalanobis distance of the penultimate features to the nearest class mean, "
+                     f"and a small network's score, trained on {trust.feature_images or 0:,} training digits against "
+                     f"{trust.negative_images or 0:,} generated non-digits (none of them among those above).</p>")
     parts += [f"<p class='note'>{esc(n)}</p>" for n in notes]
     parts.append("<h3>Calibration on the test set</h3>")
     parts.append(table([["ECE (15 bins)", _pct(f.ece_before), _pct(f.ece_after)],

@@ -10,7 +10,7 @@
         model.keras        the model the run ended with (the best epoch's with restore_best, else the last)
         metrics.json       test figures (Metrics), with the other evaluation artefacts (digitlab.evaluation)
         trust.json         the fitted trust model (digitlab.trust.TrustModel: temperature, OOD method, thresholds),
-        trust.npz          with its arrays (class means and precision for the Mahalanobis score); evaluation fits it
+        trust.npz          with its arrays (class means and precision, the detector's weights); evaluation fits it
         model.onnx         model.keras exported (digitlab.export), kept only if it passed its check against Keras;
         model.tflite       the same for LiteRT (TF Lite), on request
         export.json        those checks, one ExportCheck per format
@@ -162,7 +162,7 @@ class OodFigures:
 class TrustFigures:
     """The trust model on the test set: calibration before/after, selective prediction at the operating point and
     at fixed coverages, and OOD detection. Rates are fractions; None where nothing was answered."""
-    method: str  # the OOD score: mahalanobis | energy | msp
+    method: str  # the OOD score: detector | mahalanobis | energy | msp
     temperature: float
     fitted_on: str  # "validation" (images the model never trained on) | "training" (no clean split)
     fit_images: int  # digits the temperature and thresholds were fitted on

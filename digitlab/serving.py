@@ -33,8 +33,10 @@ Limits (Limits; an adversarial probe found each one missing, issue 15): the requ
 all requests together, are at most Limits.body_memory bytes (beyond it: 503 with Retry-After); a body must
 arrive within body_timeout_s (else 408 and the connection closes); a connection waiting on its client
 (a request head, the rest of a body the app did not read) closes after idle_timeout_s; a request line and
-headers over max_head_bytes get 431 (uvicorn's h11 protocol; httptools has no limit and costs quadratic
-CPU on a huge header); at most max_connections connections are served (uvicorn's limit_concurrency).
+headers over max_head_bytes get 431, cut off as they arrive (GuardedHttpToolsProtocol: uvicorn's httptools
+protocol, whose parser alone has no limit and costs quadratic CPU on a huge header; h11, which has one, is
+pure Python and serves a third fewer requests); at most max_connections connections are served (uvicorn's
+limit_concurrency).
 `server_config(app)` gives uvicorn these settings: `digitlab serve` and the tests run the app through it.
 
 What a client sees of the server: the run as /api/model shows it (file names, not paths), the report
@@ -60,7 +62,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-import h11
 import numpy as np
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -70,7 +71,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.middleware.trustedhost import TrustedHostMiddleware
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from digitlab import preprocessing as pp
 from digitlab.admin_api import router as admin_router
@@ -927,12 +928,13 @@ def _add_number_schemas(app: FastAPI) -> None:
 def server_config(app: FastAPI, **options) -> dict:
     """uvicorn.Config keyword arguments that enforce the app's Limits: uvicorn.Config(**server_config(app)).
 
-    h11 rather than uvicorn's default httptools: h11 has a head-size limit, httptools none (a 100 MiB header
-    took 9.6 s of CPU and stalled every other client for its 25 s)."""
+    uvicorn's httptools protocol (C), guarded (GuardedHttpToolsProtocol): httptools alone has no head-size limit
+    (a 100 MiB header took 9.6 s of CPU and stalled every other client for its 25 s), and h11, which has one,
+    is pure Python and serves fewer requests per second."""
     limits: Limits = app.state.limits
-    return dict(app=app, http=functools.partial(GuardedH11Protocol, idle_timeout_s=limits.idle_timeout_s),
-                h11_max_incomplete_event_size=limits.max_head_bytes, limit_concurrency=limits.max_connections,
-                **options)
+    http = functools.partial(GuardedHttpToolsProtocol, idle_timeout_s=limits.idle_timeout_s,
+                             max_head_bytes=limits.max_head_bytes)
+    return dict(app=app, http=http, limit_concurrency=limits.max_connections, **options)
 
 
 def log_config() -> dict:
@@ -945,16 +947,64 @@ def log_config() -> dict:
     return config
 
 
-class GuardedH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol plus two guards: a request head over h11's size limit is answered 431 (uvicorn
-    says 400), and a connection waiting on its client for `idle_timeout_s` is closed: a head that trickles in
-    (slowloris), a connection that never sends one, the rest of a body the app answered without reading (an
-    endless chunked body). While a request is in the app's hands the app times it (read_body)."""
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol (a C parser) plus two guards. A request head (line and headers) over
+    `max_head_bytes` is answered 431 and the connection closed as soon as that many bytes of it came in:
+    the parser is never fed more of a head than that (httptools has no limit of its own, and a huge header
+    costs it quadratic CPU). And a connection waiting on its client for `idle_timeout_s` is closed: a head
+    that trickles in (slowloris), a connection that never sends one, the rest of a body the app answered
+    without reading (an endless chunked body). While a request is in the app's hands the app times it
+    (read_body).
 
-    def __init__(self, *args, idle_timeout_s: float, **kwargs):
+    A head counts from the end of the request before it (or the connection's start); a pipelined one that
+    begins in the piece of input that ends the request before it is counted from the next piece on (so it is
+    cut off by twice the limit at most): HeadLimit measures it exactly once it is parsed."""
+
+    def __init__(self, *args, idle_timeout_s: float, max_head_bytes: int, **kwargs):
         super().__init__(*args, **kwargs)
-        self.idle_timeout_s = idle_timeout_s
+        self.idle_timeout_s, self.max_head_bytes = idle_timeout_s, max_head_bytes
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._head_bytes: int | None = 0  # bytes of the head on its way, fed to the parser; None: between heads
+        self._head_refused = False  # a head went over the limit: 431 once the requests before it are answered
+
+    def data_received(self, data: bytes) -> None:
+        # Fed to the parser in pieces of at most the limit, and while a head is on its way no further than
+        # the limit: the parser never holds more of a head than that (twice that, for the head of a request
+        # that begins in the piece ending the one before it). A small request is one piece, as it was read.
+        if self._head_refused:
+            return  # read and dropped until the 431 goes out
+        while data:
+            room = self.max_head_bytes if self._head_bytes is None else self.max_head_bytes - self._head_bytes
+            if room <= 0:
+                self._head_refused = True
+                if self._waiting_for_client():  # else a pipelined request is still in the app: after its answer
+                    self._send_431()
+                return
+            piece, data = data[:room], data[room:]
+            if self._head_bytes is not None:
+                self._head_bytes += len(piece)  # first: the parser may end this request and start the next one
+            super().data_received(piece)
+            if self.transport.is_closing():
+                return
+
+    def on_headers_complete(self) -> None:
+        self._head_bytes = None
+        super().on_headers_complete()
+        if not self._waiting_for_client():  # a request has started: the app has it
+            self._stop_waiting()
+
+    def on_message_complete(self) -> None:
+        self._head_bytes = 0  # the next request's head starts here
+        super().on_message_complete()
+
+    def _send_431(self) -> None:
+        body = head_too_large(self.max_head_bytes)
+        head = [b"HTTP/1.1 431 Request Header Fields Too Large\r\n"]
+        head += [name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers]
+        head += [b"content-type: application/json\r\n", b"content-length: %d\r\n" % len(body),
+                 b"connection: close\r\n\r\n"]
+        self.transport.write(b"".join(head) + body)
+        self.transport.close()
 
     def _wait_for_client(self) -> None:
         self._stop_waiting()
@@ -965,7 +1015,7 @@ class GuardedH11Protocol(H11Protocol):
             self._idle_timer.cancel()
             self._idle_timer = None
 
-    def _waiting_for_client(self) -> bool:
+    def _waiting_for_client(self) -> bool:  # self.cycle is the latest request parsed (pipelined ones too)
         return self.cycle is None or self.cycle.response_complete
 
     def _idle_expired(self) -> None:
@@ -981,27 +1031,13 @@ class GuardedH11Protocol(H11Protocol):
         self._stop_waiting()
         super().connection_lost(exc)
 
-    def handle_events(self) -> None:
-        super().handle_events()
-        if not self._waiting_for_client():  # a request has started: the app has it
-            self._stop_waiting()
-
     def on_response_complete(self) -> None:
         super().on_response_complete()  # may start a pipelined request
         if self._waiting_for_client() and not self.transport.is_closing():
-            self._wait_for_client()
-
-    def send_400_response(self, msg: str) -> None:
-        limit = self.config.h11_max_incomplete_event_size
-        if limit is None or len(self.conn.trailing_data[0]) <= limit:
-            return super().send_400_response(msg)
-        body = head_too_large(limit)
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                   (b"connection", b"close")]
-        for event in (h11.Response(status_code=431, headers=headers, reason=b"Request Header Fields Too Large"),
-                      h11.Data(data=body), h11.EndOfMessage()):
-            self.transport.write(self.conn.send(event))
-        self.transport.close()
+            if self._head_refused:
+                self._send_431()
+            else:
+                self._wait_for_client()
 
 
 def head_too_large(limit: int) -> bytes:
@@ -1010,9 +1046,10 @@ def head_too_large(limit: int) -> bytes:
 
 
 class HeadLimit:
-    """ASGI middleware: 431 for a request whose line and headers are over `limit` bytes. h11's limit (the
-    protocol's) stops a head while it arrives, without parsing it all; one that came in a single read
-    (up to 256 KB) passes h11, and is measured here."""
+    """ASGI middleware: 431 for a request whose line and headers are over `limit` bytes. The protocol
+    (GuardedHttpToolsProtocol) stops a head while it arrives, without parsing it all; a pipelined one that
+    began in the piece of input that ended the request before it is counted from the next piece on (it may
+    reach twice the limit before the protocol stops it) and is measured here."""
 
     def __init__(self, app, limit: int):
         self.app, self.limit = app, limit

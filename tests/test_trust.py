@@ -113,7 +113,11 @@ def test_selective_table_by_hand():
 
 def _model(method: str = "mahalanobis", **kw) -> TrustModel:
     rng = np.random.default_rng(4)
-    arrays = {"mahalanobis": dict(means=rng.normal(size=(10, 8)), precision=np.eye(8) * 2),
+    gaussians = dict(means=rng.normal(size=(10, 8)), precision=np.eye(8) * 2)
+    detector = dict(detector_input=np.stack([rng.normal(size=9), rng.uniform(0.5, 2, size=9)]),
+                    detector_kernel=rng.normal(size=(9, 4)), detector_bias=rng.normal(size=4),
+                    detector_out=rng.normal(size=5), score_scales=np.array([[2.0, 1.5], [-3.0, 2.0]]))
+    arrays = {"mahalanobis": gaussians, "detector": {**gaussians, **detector},
               "energy": dict(head_kernel=rng.normal(size=(8, 10)), head_bias=rng.normal(size=10)),
               "msp": {}}[method]
     return TrustModel(temperature=1.7, method=method, thresholds=Thresholds(0.7, 12.5), val_acceptance=0.99,
@@ -121,7 +125,7 @@ def _model(method: str = "mahalanobis", **kw) -> TrustModel:
                       nondigit_sha256="ab" * 32, feature_layer="dense_1", feature_images=20000, **arrays, **kw)
 
 
-@pytest.mark.parametrize("method", ["msp", "energy", "mahalanobis"])
+@pytest.mark.parametrize("method", ["msp", "energy", "mahalanobis", "detector"])
 def test_trust_model_round_trips_through_json_and_npz(tmp_path, method):
     trust = _model(method)
     (tmp_path / "trust.json").write_text(json.dumps(trust.to_json()))
@@ -136,6 +140,23 @@ def test_trust_model_round_trips_through_json_and_npz(tmp_path, method):
     proba /= proba.sum(1, keepdims=True)
     features = rng.normal(size=(20, 8))
     assert back.judge(proba, features) == trust.judge(proba, features)
+
+
+def test_the_detector_score_by_hand():
+    """The detector method's score written out with plain loops: the larger of the two scaled scores, the
+    network's logit from standardised [features, log(1 + distance)] through one ReLU layer."""
+    trust = _model("detector")
+    features = np.random.default_rng(6).normal(size=(5, 8))
+    distance = mahalanobis_score(features, trust.means, trust.precision)
+    expected = []
+    for f, d2 in zip(features, distance):
+        x = [(v - m) / s for v, m, s in zip([*f, math.log1p(d2)], *trust.detector_input)]
+        hidden = [max(0.0, sum(xi * w for xi, w in zip(x, trust.detector_kernel[:, j])) + trust.detector_bias[j])
+                  for j in range(4)]
+        logit = sum(h * w for h, w in zip(hidden, trust.detector_out[:4])) + trust.detector_out[4]
+        (m_med, m_spread), (l_med, l_spread) = trust.score_scales
+        expected.append(max((math.log1p(d2) - m_med) / m_spread, (logit - l_med) / l_spread))
+    np.testing.assert_allclose(trust.ood_score(np.full((5, 10), 0.1), features), expected, rtol=1e-12)
 
 
 def test_user_thresholds_and_an_ood_threshold_of_infinity_survive_json():
@@ -155,3 +176,6 @@ def test_damaged_or_newer_trust_files_are_refused():
         TrustModel.from_json({**trust.to_json(), "surprise": 1}, trust.arrays())
     with pytest.raises(ValueError, match="needs"):
         TrustModel(temperature=1.0, method="mahalanobis", thresholds=TH)
+    with pytest.raises(ValueError, match="detector_kernel"):
+        TrustModel(temperature=1.0, method="detector", thresholds=TH, **{
+            name: array for name, array in _model("detector").arrays().items() if name != "detector_kernel"})
