@@ -3,6 +3,7 @@
     checks = export_run(open_run("runs/20261126-071500-fastcnn-s0"), formats=("onnx", "litert"))
     checks["onnx"].same_argmax, checks["onnx"].max_abs_diff     # also in the run's export.json
     Predictor.from_run(run)                                      # now runs on ONNX Runtime, without Keras
+    export_run(run, quantize=True)["onnx"].quantized             # and an int8 copy's check (model.int8.onnx)
 
 The check: the exported model and the Keras model score the run's whole test set (10,000 images for
 MNIST); the export is kept only if they give the same top class on at least MIN_SAME_ARGMAX of the
@@ -21,13 +22,27 @@ its large dependency tree); a .keras file loads on either backend, so a process 
 those in a fresh `digitlab export` process on TensorFlow (ExportWorker; `start_export` starts it early, so
 that `digitlab train` evaluates while it converts; ExportHere is the in-process case). export.json records
 which converter made each file.
+
+int8 (--quantize, issue 10): after model.onnx passes its check, ONNX Runtime's own quantizer makes an int8 copy,
+model.int8.onnx. A graph without convolutions gets `quantize_dynamic` (int8 weights, activations quantised image
+batch by image batch at run time: no calibration data, and the features stay within ~1% of the float ones); a
+CNN gets `quantize_static` (int8 weights per output channel, uint8 activations whose ranges come from
+CALIBRATION_IMAGES training images, as QLinearConv nodes), because dynamic quantisation's ConvInteger runs a CNN
+~7x slower than the float model on one image and ~14x in a batch (fastcnn: 165 against 25 us an image), where
+the static copy is ~1.3x slower (docs/export.md has the figures). The copy is scored on the whole test set
+and kept only if its accuracy is at most MAX_INT8_ACCURACY_DROP below model.onnx's and it still outputs the
+features; its size, accuracy, agreement with model.onnx and its speed beside model.onnx's go to export.json
+(QuantizedCheck, in the onnx record). A copy not kept does not fail the export: the float model.onnx stands.
+Predictor.from_run keeps running model.onnx: the trust model's thresholds were fitted on the float features.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import hashlib
 import io
+import logging
 import os
 import subprocess
 import sys
@@ -42,7 +57,7 @@ from digitlab.data import Dataset, load_dataset, scale
 from digitlab.environment import versions
 from digitlab.errors import ConfigError, DigitlabError
 from digitlab.predictor import TRAIN_EXTRA, Predictor, features_model, load_keras_model
-from digitlab.runs import EXPORT_FILES, ExportCheck, Run
+from digitlab.runs import EXPORT_FILES, INT8_ONNX_FILE, ExportCheck, QuantizedCheck, Run
 from digitlab.scoring import accuracy
 
 FORMATS = tuple(EXPORT_FILES)  # ("onnx", "litert")
@@ -50,6 +65,10 @@ MIN_SAME_ARGMAX = 0.9999  # share of test images on which the exported model mus
 MAX_PROBA_DIFF = 1e-4  # largest allowed |exported - Keras| class probability, any image, any class
 MAX_FEATURE_DIFF = 1e-4  # largest allowed |exported - Keras| penultimate feature, over the largest |feature|
 EXPORT_PACKAGES = ("keras", "tensorflow-cpu", "tensorflow", "tf2onnx", "onnx", "onnxruntime", "ai-edge-litert")
+MAX_INT8_ACCURACY_DROP = 0.001  # the int8 copy is kept if its test accuracy is at most 0.1 points below model.onnx's
+CALIBRATION_IMAGES = 300  # training images, spread over the split, that set the int8 copy's activation ranges
+QUANTIZE_PACKAGES = ("onnx", "onnxruntime")
+TIMED_BATCH = 256  # the batch the int8 and float models are timed on, beside one image alone
 WORKER_TIMEOUT_S = 1800  # a worker slower than this is stuck: bestcnn took 13 s; a 3-member TTA ensemble, ~15x that
 
 
@@ -57,26 +76,34 @@ class ExportError(DigitlabError):
     """An export that failed its check, or could not be made; nothing was kept."""
 
 
-def export_run(run: Run, formats=("onnx",), dataset: Dataset | None = None) -> dict[str, ExportCheck]:
-    """Export `run`'s model.keras in each format, check it, keep it and record the check; see the module doc."""
-    return export_runs([run], formats, dataset)[0]
+def export_run(run: Run, formats=("onnx",), dataset: Dataset | None = None,
+               quantize: bool = False) -> dict[str, ExportCheck]:
+    """Export `run`'s model.keras in each format, check it, keep it and record the check; with `quantize`, an int8
+    copy of model.onnx too (checks["onnx"].quantized, kept or not); see the module doc."""
+    return export_runs([run], formats, dataset, quantize)[0]
 
 
-def export_runs(runs: list[Run], formats=("onnx",), dataset: Dataset | None = None) -> list[dict[str, ExportCheck]]:
+def export_runs(runs: list[Run], formats=("onnx",), dataset: Dataset | None = None,
+                quantize: bool = False) -> list[dict[str, ExportCheck]]:
     """export_run for several runs of one dataset (a --seeds group): one worker process at most, data loaded once.
     Every run is tried; ExportError at the end names those that failed."""
-    with start_export(runs, formats, dataset) as export:
+    with start_export(runs, formats, dataset, quantize) as export:
         return export.result()
 
 
-def start_export(runs: list[Run], formats=("onnx",), dataset: Dataset | None = None) -> ExportWorker | ExportHere:
+def start_export(runs: list[Run], formats=("onnx",), dataset: Dataset | None = None,
+                 quantize: bool = False) -> ExportWorker | ExportHere:
     """Start exporting `runs`; result() waits for the checks. Where Keras' converters are needed and Keras does not
     run on TensorFlow here (a format other than ONNX, or a model onnx_writer does not write), a worker process on
     TensorFlow starts converting at once, while this process goes on (train evaluates meanwhile); otherwise the
     models are loaded now and converted in this process by result(). Leaving a `with` block stops a worker."""
     formats = _known(formats)
+    if quantize and "onnx" not in formats:
+        raise ConfigError("--quantize makes an int8 copy of model.onnx: export the onnx format too (--format onnx)")
     sources = _sources_here(runs, formats)
-    return ExportWorker(runs, formats) if sources is None else ExportHere(runs, formats, dataset, sources)
+    if sources is None:
+        return ExportWorker(runs, formats, quantize)
+    return ExportHere(runs, formats, dataset, sources, quantize)
 
 
 def _sources_here(runs: list[Run], formats: tuple[str, ...]) -> list[tuple] | None:
@@ -118,9 +145,10 @@ def _keras_backend() -> str:
     return keras.backend.backend()
 
 
-def _export_checked(run: Run, formats: tuple[str, ...], ds: Dataset, source: tuple) -> dict[str, ExportCheck]:
+def _export_checked(run: Run, formats: tuple[str, ...], ds: Dataset, source: tuple,
+                    quantize: bool = False) -> dict[str, ExportCheck]:
     """Export one run in this process; source: (model.keras's SHA-256, the loaded model, onnx_writer's bytes or
-    None), as _sources_here gives them."""
+    None), as _sources_here gives them; with `quantize`, model.onnx's int8 copy too (_quantized)."""
     source_sha256, model, written = source
     x, y = scale(ds.x_test), ds.y_test.astype(int)
     keras_predictor = Predictor.from_keras(model)
@@ -132,6 +160,13 @@ def _export_checked(run: Run, formats: tuple[str, ...], ds: Dataset, source: tup
         check = _export_one(run, exported_model, fmt, (x, y), (reference, source_sha256),
                             written if fmt == "onnx" else None)
         run.write_export(check)
+        if fmt == "onnx":
+            # An int8 copy left from an earlier export is not what export.json now vouches for.
+            (run.path / INT8_ONNX_FILE).unlink(missing_ok=True)
+            if quantize and check.passed:
+                spread = np.linspace(0, len(ds.x_train) - 1, CALIBRATION_IMAGES).astype(int)
+                check = dataclasses.replace(check, quantized=_quantized(run, (x, y), scale(ds.x_train[spread])))
+                run.write_export(check)
         checks[fmt] = check
         if not check.passed:
             failed.append(f"{run.path}: the {fmt} export failed its check against Keras and was not kept: "
@@ -194,8 +229,132 @@ def _export_one(run: Run, model, fmt: str, test: tuple[np.ndarray, np.ndarray], 
 
 
 class _Rejected(Exception):
-    def __init__(self, check: ExportCheck):
+    def __init__(self, check: ExportCheck | QuantizedCheck):
         self.check = check
+
+
+def _quantized(run: Run, test: tuple[np.ndarray, np.ndarray], calibration: np.ndarray) -> QuantizedCheck:
+    """Quantise the run's checked model.onnx to int8 (activation ranges from `calibration`, training images), score
+    the copy on the test set against it, time both, and keep the copy as model.int8.onnx only if it passes; the
+    check is returned either way (see the module doc)."""
+    x, y = test
+    started = time.perf_counter()
+    source, final = run.export_path("onnx"), run.path / INT8_ONNX_FILE
+    float_bytes = source.read_bytes()
+    method = "static" if _has_convolutions(float_bytes) else "dynamic"
+    base = dict(file=final.name, method=method, calibration_images=len(calibration) if method == "static" else None,
+                source_sha256=hashlib.sha256(float_bytes).hexdigest(), max_accuracy_drop=MAX_INT8_ACCURACY_DROP,
+                float_size_bytes=len(float_bytes), versions=versions(QUANTIZE_PACKAGES),
+                created=dt.datetime.now().isoformat(timespec="seconds"))
+    try:
+        with atomic_path(final) as tmp:  # published under its name only if the block ends without an exception
+            try:
+                if method == "static":
+                    _quantize_static(source, tmp, calibration)
+                else:
+                    _quantize_dynamic(source, tmp)
+                int8 = Predictor.from_onnx(tmp.read_bytes(), name=final.name)
+            except Exception as exc:  # the quantizer has many ways of refusing; none may fail the float export
+                raise _Rejected(QuantizedCheck(passed=False, why=_could_not(exc), **base)) from exc
+            floating = Predictor.from_onnx(float_bytes, name=source.name)
+            out, ref = int8.outputs(x), floating.outputs(x)
+            acc, float_acc = accuracy(y, out.proba), accuracy(y, ref.proba)
+            drop = float_acc - acc
+            feature_diff = None
+            if out.features is not None and ref.features is not None:
+                scale_ = max(float(np.max(np.abs(ref.features))), 1e-12)
+                feature_diff = _finite(float(np.max(np.abs(out.features - ref.features))) / scale_)
+            why = ""
+            if drop > MAX_INT8_ACCURACY_DROP + 1e-9:  # 1e-9: a drop of exactly 0.1 points, in floating point
+                why = (f"its accuracy {acc:.2%} is {drop * 100:.2f} points below model.onnx's {float_acc:.2%} "
+                       f"(at most {MAX_INT8_ACCURACY_DROP * 100:g} allowed)")
+            elif ref.features is not None and out.features is None:
+                why = "it lost the penultimate features output, which the trust model needs"
+            timings = _timings(floating, int8, x) if not why else {}
+            data = tmp.read_bytes()
+            check = QuantizedCheck(
+                passed=not why, why=why, sha256=hashlib.sha256(data).hexdigest() if not why else None,
+                size_bytes=len(data), images=len(x), accuracy=acc, float_accuracy=float_acc, accuracy_drop=drop,
+                same_argmax=float(np.mean(out.proba.argmax(axis=1) == ref.proba.argmax(axis=1))),
+                max_proba_diff=_finite(float(np.max(np.abs(out.proba - ref.proba)))),
+                features=out.features is not None, max_feature_diff=feature_diff, **timings,
+                seconds=round(time.perf_counter() - started, 3), **base)
+            if why:
+                raise _Rejected(check)  # leaves the block by an exception: atomic_path deletes the file
+    except _Rejected as rejected:
+        final.unlink(missing_ok=True)
+        return dataclasses.replace(rejected.check, seconds=round(time.perf_counter() - started, 3))
+    return check
+
+
+def _could_not(exc: BaseException) -> str:
+    return f"onnxruntime.quantization could not make or run it: {type(exc).__name__}: {exc}"
+
+
+def _has_convolutions(onnx_bytes: bytes) -> bool:
+    import onnx  # here: only --quantize needs it
+    return any(node.op_type == "Conv" for node in onnx.load_from_string(onnx_bytes).graph.node)
+
+
+def _quantize_dynamic(source: Path, dest: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic  # here: only --quantize needs it
+    with _quiet_root_logger():
+        quantize_dynamic(source, dest, weight_type=QuantType.QInt8)
+
+
+def _quantize_static(source: Path, dest: Path, calibration: np.ndarray) -> None:
+    """quantize_static: QOperator nodes (QLinearConv, QLinearMatMul: ORT's fast CPU kernels; its QDQ format ran
+    seed-ann 10x slower on one image), int8 weights per channel, uint8 activations (what those kernels take)."""
+    import onnx  # here: only --quantize needs these
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    input_name = onnx.load(source).graph.input[0].name
+
+    class Calibration(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{input_name: calibration[i:i + 100]} for i in range(0, len(calibration), 100)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    with _quiet_root_logger():
+        quantize_static(source, dest, Calibration(), quant_format=QuantFormat.QOperator, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+
+
+@contextlib.contextmanager
+def _quiet_root_logger():
+    """The quantizer logs advice (run its pre-processing first) at WARNING on the root logger for every model; the
+    check on the test set is what decides, so that advice is not the user's."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def _timings(floating: Predictor, int8: Predictor, x: np.ndarray) -> dict[str, float | int]:
+    """Per-image microseconds of both models, a batch of TIMED_BATCH and one image alone, both outputs as serve asks
+    for them; the models alternate call by call, so that a busy machine slows both alike. Medians: ~1 s in all."""
+    batch, one = x[:TIMED_BATCH], x[:1]
+    figures = {"batch": len(batch)}
+    for name, images, repeats in (("batch", batch, 15), ("single", one, 200)):
+        times = {"float": [], "int8": []}
+        for i in range(repeats + 3):  # the first calls warm the session up
+            for kind, predictor in (("float", floating), ("int8", int8)):
+                t0 = time.perf_counter()
+                predictor.outputs(images)
+                if i >= 3:
+                    times[kind].append(time.perf_counter() - t0)
+        for kind, seconds in times.items():
+            figures[f"{kind}_us_{name}"] = round(float(np.median(seconds)) * 1e6 / len(images), 3)
+    return figures
+
+
+def _finite(value: float) -> float | None:
+    return value if np.isfinite(value) else None  # export.json is strict JSON: no NaN
 
 
 def _convert(model, fmt: str, path: Path, sample: np.ndarray) -> None:
@@ -270,13 +429,31 @@ def describe(check: ExportCheck) -> str:
                f", with the penultimate features (largest difference {check.max_feature_diff:.1g} of the largest)"))
 
 
+def describe_quantized(q: QuantizedCheck) -> str:
+    """One line for the int8 copy: its accuracy beside model.onnx's, agreement, size and speed; or why not kept."""
+    if q.accuracy is None:
+        return f"not kept: {q.why}"
+    same = round(q.same_argmax * q.images)
+    how = q.method + (f", {q.calibration_images} calibration images" if q.calibration_images else "")
+    line = (f"int8 ({how}), accuracy {q.accuracy:.2%} (model.onnx {q.float_accuracy:.2%}, "
+            f"{'down' if q.accuracy_drop >= 0 else 'up'} {abs(q.accuracy_drop) * 100:.2f} points), same top class on "
+            f"{same}/{q.images}" + (", with the penultimate features" if q.features else ""))
+    if not q.passed:
+        return f"not kept: {q.why}; {line}"
+    return (f"{line}; {q.size_bytes / 1024:,.0f} KB (model.onnx {q.float_size_bytes / 1024:,.0f} KB); per image, "
+            f"{q.int8_us_batch:.3g} us in a batch of {q.batch} (model.onnx {q.float_us_batch:.3g} us), "
+            f"{q.int8_us_single:.3g} us alone (model.onnx {q.float_us_single:.3g} us)")
+
+
 # ---------------------------------------------------------------- where the export runs
 
 class ExportHere:
     """The export in this process, of models start_export loaded already: result() converts and checks them."""
 
-    def __init__(self, runs: list[Run], formats: tuple[str, ...], dataset: Dataset | None, sources: list[tuple]):
+    def __init__(self, runs: list[Run], formats: tuple[str, ...], dataset: Dataset | None, sources: list[tuple],
+                 quantize: bool = False):
         self.runs, self.formats, self.dataset, self.sources = runs, formats, dataset, sources
+        self.quantize = quantize
 
     def __enter__(self) -> ExportHere:
         return self
@@ -290,7 +467,7 @@ class ExportHere:
             if dataset is None or dataset.name != run.config.dataset:
                 dataset = load_dataset(run.config.dataset)
             try:
-                results.append(_export_checked(run, self.formats, dataset, source))
+                results.append(_export_checked(run, self.formats, dataset, source, self.quantize))
             except ExportError as exc:
                 failures.append(str(exc))
         if failures:
@@ -302,10 +479,10 @@ class ExportWorker:
     """`digitlab export` on the TensorFlow backend in a fresh process, started at once; result() waits for it and
     reads back what it recorded. Leaving a `with` block without result() stops it (an interrupted command)."""
 
-    def __init__(self, runs: list[Run], formats: tuple[str, ...]):
+    def __init__(self, runs: list[Run], formats: tuple[str, ...], quantize: bool = False):
         self.runs, self.formats = runs, formats
         self.argv = [sys.executable, "-m", "digitlab", "export", *[str(r.path) for r in runs]]
-        self.argv += [a for fmt in formats for a in ("--format", fmt)]
+        self.argv += [a for fmt in formats for a in ("--format", fmt)] + (["--quantize"] if quantize else [])
         env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "2"}
         self.proc = subprocess.Popen(self.argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

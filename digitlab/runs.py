@@ -13,7 +13,8 @@
         trust.npz          with its arrays (class means and precision, the detector's weights); evaluation fits it
         model.onnx         model.keras exported (digitlab.export), kept only if it passed its check against Keras;
         model.tflite       the same for LiteRT (TF Lite), on request
-        export.json        those checks, one ExportCheck per format
+        model.int8.onnx    model.onnx quantised to int8 (`digitlab export --quantize`), kept only if accurate enough
+        export.json        those checks, one ExportCheck per format (the int8 copy's: QuantizedCheck, in onnx's)
 
     run = open_run("runs/...")
     run.config.model, run.state.status, run.metrics.test_accuracy, run.history[-1].val_loss
@@ -55,16 +56,17 @@ CONFIG, DATA, ENVIRONMENT, STATE, METRICS, HISTORY = (
 DIGITS = tuple(str(d) for d in range(10))
 EXPORT = "export.json"  # the exported models and the parity checks that kept them (ExportCheck per format)
 EXPORT_FILES = {"onnx": "model.onnx", "litert": "model.tflite"}  # format -> file name in the run folder
+INT8_ONNX_FILE = "model.int8.onnx"  # model.onnx quantised to int8 (digitlab.export, --quantize)
 LOCK_FILE = ".digitlab.lock"  # flock'ed by the process writing the run, which writes its PID in it (lock_run)
 TRUST, TRUST_ARRAYS = "trust.json", "trust.npz"  # the fitted trust model: scalars (JSON) and arrays (NumPy, no pickle)
 # Every file digitlab writes into a run folder (training, evaluation, export): what --overwrite replaces, and
 # whose leftover temporaries are removed. The model goes first and config.json last: config.json says whose
 # folder it is, so a removal cut short never leaves one run's files under another's config.
-RUN_FILES = (MODEL_FILE, BEST_MODEL_FILE, *EXPORT_FILES.values(), EXPORT, METRICS, TRUST, TRUST_ARRAYS, "report.html",
-             "diagnostics.json", "classification_report.txt", "classification_report.json", "confusion_matrix.csv",
-             "confusion_matrix.png", "confused_pairs.txt", "misclassified.png", "loss.png", "accuracy.png",
-             "generalisation_gap.png", "first_layer.png", "reliability.png", "coverage.png", HISTORY, STATE,
-             ENVIRONMENT, DATA, CONFIG)
+RUN_FILES = (MODEL_FILE, BEST_MODEL_FILE, *EXPORT_FILES.values(), INT8_ONNX_FILE, EXPORT, METRICS, TRUST, TRUST_ARRAYS,
+             "report.html", "diagnostics.json", "classification_report.txt", "classification_report.json",
+             "confusion_matrix.csv", "confusion_matrix.png", "confused_pairs.txt", "misclassified.png", "loss.png",
+             "accuracy.png", "generalisation_gap.png", "first_layer.png", "reliability.png", "coverage.png", HISTORY,
+             STATE, ENVIRONMENT, DATA, CONFIG)
 
 
 # ---------------------------------------------------------------- the typed files
@@ -204,6 +206,39 @@ class Metrics:
 
 
 @dataclass(frozen=True)
+class QuantizedCheck:
+    """The int8 copy of a checked model.onnx (digitlab.export, --quantize) and its check against that float model on
+    the whole test set. Times are per image on one ONNX Runtime thread (as predict and serve run), medians of short
+    repeats; a figure is None when the copy could not be made or run (`why` says so)."""
+    file: str  # its name in the run folder; not there when the check failed
+    passed: bool  # accuracy_drop <= max_accuracy_drop, and the features output kept when the float model has one
+    method: str  # onnxruntime.quantization's: "dynamic" (no convolutions) | "static" (a CNN; calibration images)
+    source_sha256: str  # of the model.onnx it was made from
+    max_accuracy_drop: float  # the threshold applied
+    why: str = ""  # why it was not kept, when it was not
+    calibration_images: int | None = None  # training images that set the activation ranges ("static")
+    sha256: str | None = None  # of the kept file
+    size_bytes: int | None = None
+    float_size_bytes: int | None = None  # model.onnx's, for the comparison
+    images: int | None = None  # test images scored
+    accuracy: float | None = None
+    float_accuracy: float | None = None  # model.onnx's, on the same images
+    accuracy_drop: float | None = None  # float_accuracy - accuracy (negative: the int8 copy did better)
+    same_argmax: float | None = None  # share of the images where it picks model.onnx's top class
+    max_proba_diff: float | None = None  # largest |int8 - float| probability, any image, any class
+    features: bool = False  # it outputs the penultimate features too (the trust model's Mahalanobis score needs them)
+    max_feature_diff: float | None = None  # largest |int8 - float| feature over the largest |feature|, if features
+    batch: int | None = None  # images in the batch timed
+    float_us_batch: float | None = None  # microseconds per image in a batch of `batch`
+    int8_us_batch: float | None = None
+    float_us_single: float | None = None  # microseconds for one image alone
+    int8_us_single: float | None = None
+    seconds: float | None = None  # quantising, checking and timing
+    versions: dict[str, str] = field(default_factory=dict)  # onnx, onnxruntime
+    created: str = ""  # ISO time
+
+
+@dataclass(frozen=True)
 class ExportCheck:
     """One export of model.keras (digitlab.export) and its check against Keras on the whole test set."""
     format: str  # "onnx" | "litert"
@@ -226,6 +261,7 @@ class ExportCheck:
     versions: dict[str, str] = field(default_factory=dict)  # keras, tensorflow, tf2onnx, onnx, onnxruntime
     created: str = ""  # ISO time
     converter: str | None = None  # "onnx_writer" (dense chains, digitlab.onnx_writer) | "keras" (Keras' export)
+    quantized: QuantizedCheck | None = None  # onnx only, with --quantize: the int8 copy (model.int8.onnx) and its check
 
 
 # Fields older runs wrote that now live elsewhere: accepted on reading, never written.
@@ -378,7 +414,10 @@ class Run:
         if not isinstance(doc, dict) or set(doc) - set(EXPORT_FILES):
             raise RunError(f"{where} should map formats ({', '.join(EXPORT_FILES)}) to checks; the file is damaged: "
                            f"export the run again with `digitlab export {self.path}`")
-        return {fmt: from_json(ExportCheck, check, where) for fmt, check in doc.items()}
+        exports = {fmt: from_json(ExportCheck, check, where) for fmt, check in doc.items()}
+        return {fmt: check if check.quantized is None else
+                dataclasses.replace(check, quantized=from_json(QuantizedCheck, check.quantized, where))
+                for fmt, check in exports.items()}
 
     def export_path(self, fmt: str) -> Path:
         return self.path / EXPORT_FILES[fmt]

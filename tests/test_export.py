@@ -116,6 +116,70 @@ def test_a_failed_check_keeps_no_file_and_says_why(exported, tmp_path, monkeypat
     assert Predictor.from_run(open_run(run.path)).runtime == "keras"
 
 
+@pytest.fixture(scope="module")
+def quantized(exported, tmp_path_factory, mnist):
+    """A copy of the exported run, exported again with an int8 copy of model.onnx (--quantize)."""
+    from digitlab.export import export_run
+    run = _copy(exported, tmp_path_factory.mktemp("quantized") / "run")
+    export_run(run, dataset=mnist, quantize=True)
+    return run
+
+
+def test_quantize_keeps_an_int8_copy_with_both_outputs_and_records_its_figures(quantized, mnist):
+    check = open_run(quantized.path).exports["onnx"]  # read back from export.json
+    q, int8 = check.quantized, quantized.path / "model.int8.onnx"
+    assert check.passed and q.passed and q.file == "model.int8.onnx" and q.method == "dynamic" and not q.why
+    assert q.sha256 == hashlib.sha256(int8.read_bytes()).hexdigest() and q.size_bytes == int8.stat().st_size
+    assert q.source_sha256 == check.sha256 and q.float_size_bytes == check.size_bytes
+    assert q.size_bytes < check.size_bytes / 3  # int8 weights: a quarter of float32's, plus the graph
+    assert q.images == 10_000 and q.float_accuracy == pytest.approx(check.exported_accuracy, abs=1e-9)
+    assert q.accuracy_drop == pytest.approx(q.float_accuracy - q.accuracy) and q.accuracy_drop <= 0.001
+    assert q.same_argmax >= 0.99 and q.features and q.max_feature_diff is not None
+    assert min(q.float_us_batch, q.int8_us_batch, q.float_us_single, q.int8_us_single) > 0 and q.batch == 256
+    # The recorded accuracy is the file's, with the features output the trust model needs
+    out = Predictor.from_onnx(int8.read_bytes()).outputs(scale(mnist.x_test))
+    assert float(np.mean(out.proba.argmax(axis=1) == mnist.y_test)) == pytest.approx(q.accuracy, abs=1e-9)
+    assert out.features is not None and out.features.shape[0] == 10_000
+    assert Predictor.from_run(open_run(quantized.path)).runtime == "onnxruntime"  # still model.onnx, checked
+
+
+def test_static_quantization_for_cnns_keeps_both_outputs_and_the_answers(quantized, tmp_path, mnist):
+    """What a CNN gets (quantize_static, activation ranges from training images), tried on the dense fixture's
+    model.onnx: converting a CNN would take tf2onnx and TensorFlow."""
+    import onnx
+
+    from digitlab import export
+    static, source = tmp_path / "static.onnx", quantized.export_path("onnx")
+    assert not export._has_convolutions(source.read_bytes())  # so --quantize gave the fixture the dynamic kind
+    export._quantize_static(source, static, scale(mnist.x_train[:300]))
+    assert "QLinearMatMul" in {node.op_type for node in onnx.load(static).graph.node}
+    assert static.stat().st_size < source.stat().st_size / 3
+    x = scale(mnist.x_test[:2000])
+    out, ref = Predictor.from_onnx(static.read_bytes()).outputs(x), Predictor.from_onnx(source).outputs(x)
+    assert float(np.mean(out.proba.argmax(axis=1) == ref.proba.argmax(axis=1))) >= 0.98
+    assert out.features is not None and out.features.shape == ref.features.shape
+
+
+def test_an_int8_copy_that_fails_its_check_is_not_kept_and_the_float_export_stands(quantized, tmp_path, monkeypatch,
+                                                                                    capsys):
+    from digitlab import export
+    from digitlab.cli import main
+    run = _copy(quantized, tmp_path / "run")  # it holds a good model.int8.onnx from before
+    monkeypatch.setattr(export, "MAX_INT8_ACCURACY_DROP", -1.0)  # the copy would have to gain 100 points
+    assert main(["export", str(run.path), "--quantize"]) == 0
+    out = capsys.readouterr().out
+    assert f"exported:      {run.path / 'model.onnx'}" in out
+    assert f"int8:          {run.path / 'model.int8.onnx'}: not kept: its accuracy" in out and "points below" in out
+    assert not (run.path / "model.int8.onnx").exists()  # the earlier copy too: export.json no longer vouches for it
+    assert not [p for p in run.path.iterdir() if p.name.startswith(".model.int8.onnx")]  # no temporary left behind
+    check = open_run(run.path).exports["onnx"]
+    assert check.passed and not check.quantized.passed and check.quantized.sha256 is None
+    assert "points below" in check.quantized.why and check.quantized.int8_us_batch is None
+    assert Predictor.from_run(open_run(run.path)).runtime == "onnxruntime"
+    assert main(["export", str(run.path), "--format", "litert", "--quantize"]) == 2  # an int8 copy of what?
+    assert "--format onnx" in capsys.readouterr().err
+
+
 def test_a_reevaluated_report_shows_the_check_and_scores_the_keras_model(exported, tmp_path, mnist, monkeypatch):
     from digitlab.evaluation import evaluate_run
     run = _copy(exported, tmp_path / "run")
