@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
-from scipy import ndimage
 
+from digitlab import imageops
 from digitlab.data import scale
 from digitlab.errors import InputImageError
 
@@ -314,7 +314,7 @@ def _ink_bright(x: np.ndarray) -> np.ndarray:
     background = float(np.median(frame))
     # Extremes from a lightly smoothed copy: one hot pixel in a photo must not decide the polarity
     # or the contrast. Small pictures keep their 1-px strokes unsmoothed.
-    probe = ndimage.uniform_filter(x, 3) if min(x.shape) >= 64 else x
+    probe = imageops.uniform_filter(x, 3) if min(x.shape) >= 64 else x
     dark, bright = background - float(probe.min()), float(probe.max()) - background
     if dark > bright:
         x, contrast = background - x, dark
@@ -329,8 +329,8 @@ def _ink_bright(x: np.ndarray) -> np.ndarray:
 
 def _ink_box(x: np.ndarray) -> tuple[slice, slice]:
     """Bounding box of the ink, ignoring specks of dust; specks are erased from `x` in place."""
-    labels, n = ndimage.label(x > 0, structure=np.ones((3, 3)))  # 8-connected, as a pen stroke is
-    mass = ndimage.sum(x, labels, index=np.arange(1, n + 1))
+    labels, n = imageops.label(x > 0, imageops.SQUARE)  # 8-connected, as a pen stroke is
+    mass = imageops.sum_labels(x, labels, np.arange(1, n + 1))
     specks = np.flatnonzero(mass < SPECK_FRACTION * mass.max()) + 1
     if len(specks):
         x[np.isin(labels, specks)] = 0
@@ -348,7 +348,7 @@ def stroke_width(ink: np.ndarray) -> float:
     """
     if not ink.any():
         return 0.0
-    inside = ndimage.distance_transform_edt(np.pad(ink, 1))  # padded: the crop's edge is background
+    inside = imageops.distance_transform_edt(np.pad(ink, 1))  # padded: the crop's edge is background
     return 4.0 * (float(inside[1:-1, 1:-1][ink].mean()) - 0.5)
 
 
@@ -376,15 +376,15 @@ def _thicken(digit: np.ndarray, box: int) -> np.ndarray:
         return digit
     pad = int(np.ceil(r)) + 1
     digit, ink = np.pad(work, pad), np.pad(ink, pad)
-    outside = ndimage.distance_transform_edt(~ink)  # to the nearest ink pixel centre; 0 on the ink
+    outside = imageops.distance_transform_edt(~ink)  # to the nearest ink pixel centre; 0 on the ink
     # Grown by r everywhere but inside loops: the loop of a small 0, 6, 8 or 9 drawn with a fine
     # pen would fill up, making a blob of the digit (or a 1 of a 9). A loop keeps LOOP_KEEP of its
     # inner radius, its stroke growing outwards instead. Loops under LOOP_MIN may close, as they
     # would have under a pen of MNIST's width.
     radius = np.full(ink.shape, r)
-    holes, n = ndimage.label(ndimage.binary_fill_holes(ink) & ~ink)
+    holes, n = imageops.label(imageops.binary_fill_holes(ink) & ~ink)
     if n:
-        inner = ndimage.maximum(outside, holes, index=np.arange(1, n + 1))  # inner radius per loop, px
+        inner = imageops.maximum_labels(outside, holes, np.arange(1, n + 1))  # inner radius per loop, px
         keep = inner * box / max(digit.shape) >= LOOP_MIN
         limit = np.concatenate([[r], np.where(keep, np.minimum(r, (1 - LOOP_KEEP) * inner), r)])
         radius = limit[holes]  # label 0 (not in a loop) -> r
@@ -419,7 +419,7 @@ def _fit_box(digit: np.ndarray, box: int) -> np.ndarray:
 def _place_by_mass(digit: np.ndarray) -> np.ndarray:
     """Paste into the 28x28 field with the centre of mass on CENTRE (whole-pixel shift, no blur)."""
     h, w = digit.shape
-    cy, cx = ndimage.center_of_mass(digit)
+    cy, cx = imageops.center_of_mass(digit)
     # Clamped so the whole box stays in the field: a lopsided digit (a 7) loses no ink, at the cost
     # of its centre of mass sitting up to a pixel or two off centre.
     top = int(np.clip(round(CENTRE[0] - cy), 0, SIZE - h))

@@ -7,7 +7,7 @@
 digitlab.numbers reads the result as a number; this module finds the digits:
 1. The ink is told from the background as for a single digit (`digitlab.preprocessing`: either
    polarity, background from the frame, noise floor) and cut into connected components with
-   scipy.ndimage (8-connected, as a pen stroke is); specks are dropped by to_mnist's rule. A
+   digitlab.imageops (8-connected, as a pen stroke is); specks are dropped by to_mnist's rule. A
    picture whose ink is taller than SEARCH_HEIGHT is searched shrunk to about that height.
 2. Pieces of one digit are put together on geometry: a component clearly shorter than another and
    mostly within its columns (the lifted bar of a 5, a 7's crossbar, a broken stroke), or stacked
@@ -49,8 +49,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
+from digitlab import imageops
 from digitlab.errors import ConfigError, InputImageError
 from digitlab.predictor import Predictor
 from digitlab.preprocessing import (
@@ -268,16 +268,16 @@ class _Page:
         x = _shrink(full, factor)
         if factor > 1:
             ink = _ink_bright(x)
-        labels, n = ndimage.label(ink > 0, structure=np.ones((3, 3)))  # 8-connected, as a pen stroke is
-        mass = ndimage.sum(ink, labels, index=np.arange(1, n + 1))
+        labels, n = imageops.label(ink > 0, imageops.SQUARE)  # 8-connected, as a pen stroke is
+        mass = imageops.sum_labels(ink, labels, np.arange(1, n + 1))
         kept = np.flatnonzero(mass >= SPECK_FRACTION * mass.max()) + 1  # not dust, as to_mnist sees it
         labels[~np.isin(labels, kept)] = 0
         if len(kept) > 8 * MAX_DIGITS:
             raise _TooManyMarks(
                 f"found {len(kept)} separate marks in the picture, too many for a number of at most {MAX_DIGITS} "
                 f"digits: crop the picture to the number, or check that it is not noise")
-        boxes = ndimage.find_objects(labels)
-        centres = ndimage.center_of_mass(ink, labels, kept)
+        boxes = imageops.find_objects(labels)
+        centres = imageops.center_of_mass(ink, labels, kept)
         comps = []
         for k, (_, cx) in zip(kept, centres, strict=True):
             rs, cs = boxes[k - 1]
@@ -337,7 +337,7 @@ class _Page:
                     for k, (a, b) in enumerate(zip(self.groups, self.groups[1:]))]
         owner, groups, cuts = self._parts(split)
         n = len(groups)
-        spans = ndimage.find_objects(owner + 1, max_label=n)  # each part's bounding box
+        spans = imageops.find_objects(owner + 1, max_label=n)  # each part's bounding box
         runs, known = [], {}
         for i in range(n):
             for j in range(i + 1, n + 1):
@@ -416,7 +416,7 @@ class _Page:
         top, left, bottom, right = max(0, top - 1), max(0, left - 1), min(h, bottom + 1), min(w, right + 1)
         o = owner[top:bottom, left:right]
         mine = (o >= i) & (o < j)
-        keep = mine | (ndimage.binary_dilation(mine) & (o < 0))  # with its anti-aliased rim
+        keep = mine | (imageops.binary_dilation(mine) & (o < 0))  # with its anti-aliased rim
         crop = np.where(keep, self.x[top:bottom, left:right], self.background)
         pad = max(2, round(0.1 * max(crop.shape)))  # a frame of background, where to_mnist looks for it
         return to_mnist(np.pad(crop, pad, constant_values=self.background))
@@ -565,13 +565,13 @@ def _seams(ink: np.ndarray, height: float) -> list[tuple[np.ndarray, int]]:
     """
     h, w = ink.shape
     has = ink > 0
-    profile = ndimage.uniform_filter1d(ink.sum(0), 3)
+    profile = imageops.uniform_filter1d(ink.sum(0), 3)
     top = np.where(has.any(0), has.argmax(0), h)  # first ink row per column; h where there is none
     bottom = np.where(has.any(0), h - 1 - has[::-1].argmax(0), -1)
     size = 2 * max(1, round(0.1 * height)) + 1  # the window an extremum must win
-    dip = profile <= ndimage.minimum_filter1d(profile, size)
-    valleys = ((top >= ndimage.maximum_filter1d(top, size)) & (top > 0)).astype(int) + (
-        (bottom <= ndimage.minimum_filter1d(bottom, size)) & (bottom < h - 1))
+    dip = profile <= imageops.minimum_filter1d(profile, size)
+    valleys = ((top >= imageops.maximum_filter1d(top, size)) & (top > 0)).astype(int) + (
+        (bottom <= imageops.minimum_filter1d(bottom, size)) & (bottom < h - 1))
     margin = max(2, round(MIN_PIECE * height))
     spacing = max(2, round(CUT_SPACING * height))
     starts: list[int] = []
@@ -584,7 +584,7 @@ def _seams(ink: np.ndarray, height: float) -> list[tuple[np.ndarray, int]]:
     band = max(1, round(SEAM_BAND * height))
     # A cut through a loop's hole crosses the loop twice: count the hole as ink, so that cuts
     # pass where digits touch rather than through a 0 or an 8.
-    cost = np.where(ndimage.binary_fill_holes(has) & ~has, HOLE_COST, ink)
+    cost = np.where(imageops.binary_fill_holes(has) & ~has, HOLE_COST, ink)
     seams = []
     for k, c in enumerate(starts):
         lo = max(c - band, (starts[k - 1] + c) // 2 + 1 if k else 0)  # bands don't overlap: seams never cross
