@@ -495,7 +495,7 @@ def read_metrics(folder: str | Path) -> Metrics | None:
 
 def read_trust(folder: str | Path) -> TrustModel | None:
     """trust.json with the arrays of trust.npz (loaded without pickle), or None when there is no trust.json."""
-    from digitlab.trust import TrustModel  # here: it imports scipy, which reading a config never needs
+    from digitlab.trust import TrustModel  # here: reading a config never needs the trust model's code
 
     folder = Path(folder)
     doc = _read(folder / TRUST)
