@@ -35,7 +35,7 @@ arrive within body_timeout_s (else 408 and the connection closes); a connection 
 (a request head, the rest of a body the app did not read) closes after idle_timeout_s; a request line and
 headers over max_head_bytes get 431, cut off as they arrive (GuardedHttpToolsProtocol: uvicorn's httptools
 protocol, whose parser alone has no limit and costs quadratic CPU on a huge header; h11, which has one, is
-pure Python and serves a third fewer requests); at most max_connections connections are served (uvicorn's
+pure Python and served a quarter fewer requests); at most max_connections connections are served (uvicorn's
 limit_concurrency).
 `server_config(app)` gives uvicorn these settings: `digitlab serve` and the tests run the app through it.
 
