@@ -4,7 +4,7 @@
 
 For each run (a copy in a temporary folder; the run itself is not touched): `export_run(quantize=True)`
 --repeats times, then the other onnxruntime quantizer (quantize_static for a dense chain, quantize_dynamic for
-a CNN) on the same model.onnx, timed the same way (digitlab.export._timings: one thread, both outputs, float
+a CNN) on the same model.onnx, timed the same way (digitlab.quantize._timings: one thread, both outputs, float
 and int8 calls alternated). Prints a Markdown table: medians over the repeats, and the machine's load average.
 """
 from __future__ import annotations
@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from digitlab.data import load_dataset, scale
-from digitlab.export import _quantize_dynamic, _quantize_static, _timings, export_run
+from digitlab.export import export_run
 from digitlab.predictor import Predictor
+from digitlab.quantize import _quantize_dynamic, _quantize_static, _timings
 from digitlab.runs import open_run
 
 KEYS = ("int8_us_batch", "float_us_batch", "int8_us_single", "float_us_single")

@@ -148,10 +148,10 @@ def test_static_quantization_for_cnns_keeps_both_outputs_and_the_answers(quantiz
     model.onnx: converting a CNN would take tf2onnx and TensorFlow."""
     import onnx
 
-    from digitlab import export
+    from digitlab import quantize
     static, source = tmp_path / "static.onnx", quantized.export_path("onnx")
-    assert not export._has_convolutions(source.read_bytes())  # so --quantize gave the fixture the dynamic kind
-    export._quantize_static(source, static, scale(mnist.x_train[:300]))
+    assert not quantize._has_convolutions(source.read_bytes())  # so --quantize gave the fixture the dynamic kind
+    quantize._quantize_static(source, static, scale(mnist.x_train[:300]))
     assert "QLinearMatMul" in {node.op_type for node in onnx.load(static).graph.node}
     assert static.stat().st_size < source.stat().st_size / 3
     x = scale(mnist.x_test[:2000])
@@ -162,10 +162,10 @@ def test_static_quantization_for_cnns_keeps_both_outputs_and_the_answers(quantiz
 
 def test_an_int8_copy_that_fails_its_check_is_not_kept_and_the_float_export_stands(quantized, tmp_path, monkeypatch,
                                                                                     capsys):
-    from digitlab import export
+    from digitlab import quantize
     from digitlab.cli import main
     run = _copy(quantized, tmp_path / "run")  # it holds a good model.int8.onnx from before
-    monkeypatch.setattr(export, "MAX_INT8_ACCURACY_DROP", -1.0)  # the copy would have to gain 100 points
+    monkeypatch.setattr(quantize, "MAX_INT8_ACCURACY_DROP", -1.0)  # the copy would have to gain 100 points
     assert main(["export", str(run.path), "--quantize"]) == 0
     out = capsys.readouterr().out
     assert f"exported:      {run.path / 'model.onnx'}" in out

@@ -40,7 +40,8 @@ def cmd_export(args) -> int:
 def export_and_print(runs, formats=("onnx",), dataset=None, started=None, quantize=False) -> None:
     """Export `runs` and print one line per file kept (and one for an int8 copy, kept or not); what `train` and
     `ensemble` call when they finish. `started`: the export already started (export.start_export), to wait for."""
-    from digitlab.export import describe, describe_quantized, export_runs
+    from digitlab.export import describe, export_runs
+    from digitlab.quantize import describe_quantized
     results = started.result() if started else export_runs(runs, formats, dataset=dataset, quantize=quantize)
     for run, checks in zip(runs, results, strict=True):
         for check in checks.values():
