@@ -2,7 +2,7 @@
 the cost of the verdict, per model over seeds, against the issue's goals; prints Markdown tables.
 
     python bench/trust.py --quick                                  # seed-ann and fastcnn, 1 seed: about 3 minutes
-    python bench/trust.py --models seed-ann,fastcnn,bestcnn        # 3 seeds each (bestcnn: ~26 min a run)
+    python bench/trust.py --models seed-ann,fastcnn,bestcnn        # 3 seeds each (bestcnn: 21-50 min a run)
     python bench/trust.py --sheet /tmp/nondigits                   # also write contact sheets of the non-digit set
     python bench/trust.py --quick --outlier-exposure 300           # also each recipe trained on generated negatives
 
@@ -11,10 +11,11 @@ recipe with the default validation split (5,000 images held out) into OUT/<model
 when it is complete, then measures with the Keras model:
   - calibration: the temperature is fitted on the validation split; ECE (15 bins), NLL and Brier on the
     10,000 test digits before and after;
-  - every OOD method (msp, energy, mahalanobis), each with its thresholds fitted at the default target
-    (answer >= 99% of validation digits as `digit`, then reject as many of the non-digit set's fit part as
-    possible): coverage and selective accuracy on the test digits, AUROC against Fashion-MNIST's test set and
-    the non-digit set's held-out part, and the share of those answered something else than `digit`;
+  - every OOD method (msp, energy, mahalanobis, detector), each with its thresholds fitted at the default
+    target (answer >= 99.25% of validation digits as `digit`, then reject as many of the non-digit set's fit
+    part as possible; the detector trains on the set's train part, ood.DETECTOR_NEGATIVES_PER_KIND a kind):
+    coverage and selective accuracy on the test digits, AUROC against Fashion-MNIST's test set and the
+    non-digit set's held-out part, and the share of those answered something else than `digit`;
   - drawn digits: tests/test_drawn_digits.py's 160 drawings (digitlab.drawing) plus 80 of them inverted
     (light on dark), through preprocessing.to_mnist: the share answered `digit` and right;
   - cost: per image, the forward pass with features plus the verdict, minus the plain forward pass
