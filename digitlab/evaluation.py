@@ -59,6 +59,7 @@ from digitlab.runs import (
     write_metrics,
 )
 from digitlab.scoring import accuracy, log_loss
+from digitlab.trust import uses_gaussians
 
 VAL_IS_TEST_NOTE = ("Validation figures are test-set figures: this run validated on the test set (--val test), "
                     "as the tutorial does.")
@@ -263,7 +264,7 @@ def add_trust(run: Run, ds: Dataset, predictor: Predictor, test_out: Outputs, co
     fit = trust_fit_split(run, ds)
     x_train, y_train = _training_images(run, ds)
     train_out = negatives_out = negatives = None
-    if DEFAULT_METHOD in ("mahalanobis", "detector") and scorer.has_features:
+    if uses_gaussians(DEFAULT_METHOD) and scorer.has_features:
         # the class Gaussians and the detector's digits, on the training images
         pick = np.sort(np.random.default_rng(_seed(run)).permutation(len(y_train))[:FEATURE_IMAGES])
         train_out, y_train = scorer.outputs(scale(x_train[pick])), y_train[pick]

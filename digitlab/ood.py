@@ -34,11 +34,13 @@ from digitlab.trust import (
     Thresholds,
     TrustModel,
     coverage_curve,
+    detector_inputs,
     detector_logit,
     fit_gaussians,
     fit_thresholds,
     mahalanobis_score,
     selective_table,
+    uses_gaussians,
     verdict_kinds,
 )
 
@@ -104,7 +106,7 @@ def fit_trust(scorer: Scorer, x_train, y_train, x_val, y_val, nondigits, method:
     model_sha256.
     """
     train_out = negatives_out = None
-    if method in ("mahalanobis", "detector") and scorer.has_features:
+    if uses_gaussians(method) and scorer.has_features:
         pick = np.random.default_rng(seed).permutation(len(y_train))[:feature_images]
         pick.sort()
         train_out = scorer.outputs(x_train[pick])
@@ -136,7 +138,7 @@ def fit_trust_outputs(scorer: Scorer, train_out: Outputs | None, y_train, val_ou
     y_val = np.asarray(y_val).astype(int)
     arrays: dict = {}
     provenance: dict = {}
-    if method in ("mahalanobis", "detector"):
+    if uses_gaussians(method):
         if train_out is None:
             raise ValueError(f"the {method} method needs the training images' outputs")
         arrays["means"], arrays["precision"] = fit_gaussians(train_out.features, y_train, val_out.proba.shape[1])
@@ -175,12 +177,11 @@ def fit_detector(digit_features: np.ndarray, negative_features: np.ndarray, val_
     from sklearn.neural_network import MLPClassifier
     from sklearn.preprocessing import StandardScaler
 
-    def inputs(features):
-        distance = mahalanobis_score(features, gaussians["means"], gaussians["precision"])
-        return np.concatenate([np.asarray(features, np.float64), np.log1p(distance)[:, None]], axis=1), distance
+    def distance(features):
+        return mahalanobis_score(features, gaussians["means"], gaussians["precision"])
 
-    digits, _ = inputs(digit_features)
-    negatives, _ = inputs(negative_features)
+    digits = detector_inputs(digit_features, distance(digit_features))
+    negatives = detector_inputs(negative_features, distance(negative_features))
     negatives = np.repeat(negatives, max(1, len(digits) // len(negatives)), axis=0)
     x = np.concatenate([digits, negatives])
     y = np.concatenate([np.zeros(len(digits)), np.ones(len(negatives))])
@@ -192,7 +193,7 @@ def fit_detector(digit_features: np.ndarray, negative_features: np.ndarray, val_
     arrays = {"detector_input": np.stack([scaler.mean_, scaler.scale_]),
               "detector_kernel": net.coefs_[0], "detector_bias": net.intercepts_[0],
               "detector_out": np.concatenate([net.coefs_[1][:, 0], net.intercepts_[1]])}
-    _, val_distance = inputs(val_features)
+    val_distance = distance(val_features)
     logit = detector_logit(val_features, val_distance, arrays["detector_input"], arrays["detector_kernel"],
                            arrays["detector_bias"], arrays["detector_out"])
     scales = []

@@ -45,6 +45,13 @@ DETECTOR_ARRAYS = ("detector_input", "detector_kernel", "detector_bias", "detect
 NEEDS = {"msp": (), "energy": ("head_kernel", "head_bias"), "mahalanobis": ("means", "precision"),
          "detector": ("means", "precision", *DETECTOR_ARRAYS)}
 KINDS = ("digit", "unsure", "not_a_digit", "blank")
+
+
+def uses_gaussians(method: str) -> bool:
+    """Whether `method` is fitted on training images' features (the class Gaussians, and the detector's digits)."""
+    return "means" in NEEDS[method]
+
+
 # The default target: at least this share of validation digits answered `digit`. Above the issue's 99% because
 # the validation digits come from the training set's writers and are read more surely than a new writer's:
 # measured with bench/trust.py, 99.0% of validation digits answered gave 98.8% of the test set's (other writers).
@@ -128,12 +135,17 @@ def mahalanobis_score(features: np.ndarray, means: np.ndarray, precision: np.nda
     return np.maximum(d2.min(axis=1), 0.0)
 
 
+def detector_inputs(features: np.ndarray, mahalanobis: np.ndarray) -> np.ndarray:
+    """What the non-digit detector reads: the features and log(1 + the Mahalanobis distance), (n, d + 1)."""
+    return np.concatenate([np.asarray(features, np.float64), np.log1p(mahalanobis)[:, None]], axis=1)
+
+
 def detector_logit(features: np.ndarray, mahalanobis: np.ndarray, detector_input: np.ndarray,
                    kernel: np.ndarray, bias: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """The non-digit detector's logit: [features, log(1 + distance)], standardised (detector_input: (2, d + 1),
-    mean then scale), through one ReLU layer (kernel (d + 1, h), bias (h,)) to one output (out: h weights, then
-    the bias). A forward pass written out because it is two matrix products and must run without scikit-learn."""
-    x = np.concatenate([np.asarray(features, np.float64), np.log1p(mahalanobis)[:, None]], axis=1)
+    """The non-digit detector's logit: detector_inputs, standardised (detector_input: (2, d + 1), mean then
+    scale), through one ReLU layer (kernel (d + 1, h), bias (h,)) to one output (out: h weights, then the bias).
+    A forward pass written out because it is two matrix products and must run without scikit-learn."""
+    x = detector_inputs(features, mahalanobis)
     hidden = np.maximum(((x - detector_input[0]) / detector_input[1]) @ kernel + bias, 0.0)
     return hidden @ out[:-1] + out[-1]
 
@@ -220,11 +232,9 @@ class TrustModel:
         distance = mahalanobis_score(features, self.means, self.precision)
         if self.method == "mahalanobis":
             return distance
-        return combined_score(distance, self.detector_logit(features, distance), self.score_scales)
-
-    def detector_logit(self, features: np.ndarray, distance: np.ndarray) -> np.ndarray:
-        return detector_logit(features, distance, self.detector_input, self.detector_kernel, self.detector_bias,
-                              self.detector_out)
+        logit = detector_logit(features, distance, self.detector_input, self.detector_kernel, self.detector_bias,
+                               self.detector_out)
+        return combined_score(distance, logit, self.score_scales)
 
     def judge(self, proba: np.ndarray, features: np.ndarray | None = None) -> list[Verdict]:
         """A verdict per row of raw probabilities (n, classes) (and features (n, d) unless msp)."""
