@@ -24,6 +24,8 @@ from __future__ import annotations
 import io
 import os
 import stat
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -433,10 +435,22 @@ def _place_by_mass(digit: np.ndarray) -> np.ndarray:
 
 def to_png_bytes(img28, scale: int = 1) -> bytes:
     """A 28x28 digit as a grayscale PNG (ink white, as the model sees it), enlarged `scale` times."""
-    x = from_pixels(img28)
-    im = Image.fromarray(np.round(x * 255).astype(np.uint8))
+    gray = np.round(from_pixels(img28) * 255).astype(np.uint8)
     if scale != 1:
-        im = im.resize((SIZE * scale, SIZE * scale), Image.Resampling.NEAREST)  # crisp pixels to inspect
-    buf = io.BytesIO()
-    im.save(buf, format="PNG")
-    return buf.getvalue()
+        gray = gray.repeat(scale, axis=0).repeat(scale, axis=1)  # nearest neighbour: crisp pixels to inspect
+    return gray_png(gray)
+
+
+def gray_png(gray: np.ndarray) -> bytes:
+    """A 2-D uint8 array as a grayscale PNG. Written here with zlib, not by Pillow: the server sends one with every
+    prediction, on its event loop, and Pillow's plugin machinery costs more than the compression (a 28x28 digit:
+    21 against 36 us with the validation)."""
+    height, width = gray.shape
+    rows = np.zeros((height, width + 1), dtype=np.uint8)  # each row starts with its filter type: 0, none
+    rows[:, 1:] = gray
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows.tobytes())) + chunk(b"IEND", b""))
