@@ -24,8 +24,9 @@ def add_parser(sub) -> None:
     p.add_argument("--format", dest="formats", action="append", choices=FORMATS,
                    help="onnx (default) or litert (TF Lite); repeat for both")
     p.add_argument("--quantize", action="store_true",
-                   help="also write model.int8.onnx (int8 weights, onnxruntime's quantize_dynamic), kept only if its "
-                        "test accuracy is at most 0.1 points below model.onnx's; its size and speed go to export.json")
+                   help="also write model.int8.onnx (onnxruntime's quantizer: dynamic for dense networks, static for "
+                        "CNNs), kept only if its test accuracy is at most 0.1 points below model.onnx's; its size and "
+                        "speed go to export.json")
     # The converters run on TensorFlow, the backend a "conv" run gets (digitlab.export says why).
     p.set_defaults(func=cmd_export, family=lambda args: "conv")
 
